@@ -1,0 +1,204 @@
+"""Manifold-constrained hyper-connections (mHC, arXiv 2512.24880) and Sinkhorn-Knopp.
+
+mHC keeps HC's ``n`` streams ``x`` ``(..., n, d)`` and one layer
+``x' = H_res x + H_post^T T(H_pre x)`` (mHC Eq. 3), but constrains the weights (Eqs. 7-9)::
+
+    x_vec  = RMSNorm(vec(x))                                  (1, n d): all streams at once
+    H~_pre  = a_pre  * (x_vec phi_pre)       + b_pre          (1, n)
+    H~_post = a_post * (x_vec phi_post)      + b_post         (1, n)
+    H~_res  = a_res  * mat(x_vec phi_res)    + b_res          (n, n)            (Eq. 7)
+    H_pre = sigmoid(H~_pre),  H_post = 2 sigmoid(H~_post),
+    H_res = SinkhornKnopp(H~_res)                                               (Eq. 8)
+
+so ``H_res`` is (to 20 iterations) doubly stochastic: products of such matrices keep
+every row and column sum at 1, and the signal can neither explode nor vanish through the
+residual path.
+
+Derived in: notebooks/06_manifold_constrained_hyper_connections.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from hclib.connection import Connection, Mappings, check_layer_id, compute_dtype
+from hclib.streams import check_count
+
+__all__ = ["ManifoldHyperConnection", "sinkhorn_knopp"]
+
+
+def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """Project logits onto (nearly) doubly stochastic matrices (mHC Eq. 9).
+
+    ``M^(0) = exp(logits)``, then ``iters`` rounds of ``M <- T_r(T_c(M))``: first every column
+    is divided by its sum, then every row. Because rows are normalised last, every row of
+    the result sums to 1 (to rounding); the column sums converge to 1 as ``iters`` grows.
+
+    The exponent is taken of ``logits - max(logits)``: Sinkhorn-Knopp is invariant to a
+    positive factor, so this changes nothing but avoids overflow. The iterations run in
+    float32 (float64 for float64 input) and the result has the dtype of ``logits``.
+
+    Args:
+        logits: ``(..., n, n)``.
+        iters: number of column-then-row rounds, ``>= 1`` (mHC uses ``t_max = 20``).
+
+    Returns:
+        ``(..., n, n)``, entrywise positive.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
+        raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
+    iters = check_count(iters, "iters", "Sinkhorn-Knopp iterations")
+    x = logits.to(compute_dtype(logits.dtype))
+    M = torch.exp(x - x.detach().amax(dim=(-2, -1), keepdim=True))  # M^(0), up to a factor
+    for _ in range(iters):
+        M = M / M.sum(dim=-2, keepdim=True)  # T_c: every column sums to 1
+        M = M / M.sum(dim=-1, keepdim=True)  # T_r: every row sums to 1
+    return M.to(logits.dtype)
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+class ManifoldHyperConnection(Connection):
+    """Manifold-constrained hyper-connection around one branch (mHC Eqs. 7-9).
+
+    Args:
+        dim: model width ``d`` (the paper's ``C``).
+        branch: callable ``(..., d) -> (..., d)`` including its own pre-norm.
+        n: expansion rate, the number of streams.
+        layer_id: index of this connection, 0-based; at init the branch reads mostly from
+            stream ``layer_id % n`` (see below).
+        sinkhorn_iters: Sinkhorn-Knopp iterations ``t_max`` (paper: 20).
+        pre_init: initial read-out weight ``H_pre`` of stream ``layer_id % n``. The other
+            ``n - 1`` streams share ``1 - pre_init`` equally, so ``sum(H_pre) = 1``.
+        post_init: initial write-in weight ``H_post`` of every stream, in ``(0, 2)``.
+        res_init_diag: initial diagonal of ``H_res``, in ``(0, 1)``; the off-diagonal
+            entries share the rest of each row equally, which is exactly doubly stochastic.
+        gate_init: initial gating factors ``alpha_pre, alpha_post, alpha_res`` (paper: 0.01).
+        eps: epsilon of the RMSNorm of the flattened state (the paper prints 1e-20).
+
+    Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0``
+    as HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,
+    ``2 sigmoid(b_post)`` and ``SK(b_res)``. The defaults ``post_init = 1`` (HC's ``B = 1``),
+    ``sum(H_pre) = 1`` and a row-stochastic ``H_res`` make a network of replicated streams
+    compute exactly the Pre-Norm residual network for any ``n >= 2``: every stream carries
+    the Pre-Norm hidden state, as with HC's initialisation. ``H_res`` cannot be the
+    identity (it would need infinite logits), so it starts near it, with diagonal
+    ``res_init_diag = 0.95``; ``H_pre`` cannot be one-hot, so it starts concentrated on
+    stream ``layer_id % n`` (``pre_init = 0.9``), which, like HC's ``e_{k mod n}``, breaks the
+    symmetry between streams (with uniform weights and ``phi = 0`` every stream would get
+    the same gradient and the streams would stay copies of each other). For ``n = 1`` the
+    read-out ``sigmoid(b_pre) < 1`` scales the branch input by ``pre_init``, which a branch
+    that starts with its own norm ignores (up to the norm's epsilon).
+
+    Parameters:
+        ``phi`` ``(n d, n^2 + 2n)`` = ``[phi_pre | phi_post | phi_res]`` (Eq. 14's fused
+        layout), ``bias`` ``(n^2 + 2n,)`` = ``[b_pre | b_post | vec(b_res)]``, and the gates
+        ``alpha_pre``, ``alpha_post``, ``alpha_res`` ``(1,)``: ``n d (n^2 + 2n) + n^2 + 2n + 3``
+        in all (Section 4.2).
+
+    Shapes:
+        state ``x`` ``(..., n, d)`` -> ``(..., n, d)``.
+    """
+
+    #: parameters that take weight decay: only the projection
+    decayed_parameters = ("phi",)
+
+    def __init__(
+        self,
+        dim: int,
+        branch: Callable[..., torch.Tensor],
+        n: int = 4,
+        layer_id: int = 0,
+        sinkhorn_iters: int = 20,
+        pre_init: float = 0.9,
+        post_init: float = 1.0,
+        res_init_diag: float = 0.95,
+        gate_init: float = 0.01,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(dim, branch)
+        self.n = n = check_count(n, "n", "streams")
+        self.layer_id = check_layer_id(layer_id)
+        self.sinkhorn_iters = check_count(sinkhorn_iters, "sinkhorn_iters", "iterations")
+        self.eps = float(eps)
+        for name, value, low, high in (
+            ("pre_init", pre_init, 0.0, 1.0),
+            ("post_init", post_init, 0.0, 2.0),
+            ("res_init_diag", res_init_diag, 0.0, 1.0),
+        ):
+            if not low < float(value) < high:
+                raise ValueError(f"{name} must lie in ({low:g}, {high:g}), got {value}")
+
+        b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)) if n > 1 else 0.0)
+        b_pre[self.layer_id % n] = _logit(pre_init)  # sigmoid(b_pre) sums to 1 for n >= 2
+        b_post = torch.full((n,), _logit(post_init / 2.0))  # 2 sigmoid(b_post) = post_init
+        # exp(b_res) = c I + (J - I) has equal row and column sums, so SK returns it normalised:
+        # diagonal c / (c + n - 1) = res_init_diag.
+        b_res = torch.zeros(n, n)
+        if n > 1:
+            b_res.fill_diagonal_(math.log(res_init_diag * (n - 1) / (1.0 - res_init_diag)))
+        k = n * n + 2 * n
+        self.phi = nn.Parameter(torch.zeros(n * dim, k))  # [phi_pre | phi_post | phi_res]
+        self.bias = nn.Parameter(torch.cat([b_pre, b_post, b_res.flatten()]))  # (n^2 + 2n,)
+        self.alpha_pre = nn.Parameter(torch.full((1,), float(gate_init)))
+        self.alpha_post = nn.Parameter(torch.full((1,), float(gate_init)))
+        self.alpha_res = nn.Parameter(torch.full((1,), float(gate_init)))
+
+    def _mappings(self, Hc: torch.Tensor) -> Mappings:
+        n, dtype = self.n, Hc.dtype
+        x = Hc.flatten(-2)  # vec(x_l)  (..., n d)
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # RMSNorm
+        proj = x @ self.phi.to(dtype)  # (..., n^2 + 2n)
+        bias = self.bias.to(dtype)
+        a_pre, a_post, a_res = (
+            a.to(dtype) for a in (self.alpha_pre, self.alpha_post, self.alpha_res)
+        )
+        pre = a_pre * proj[..., :n] + bias[:n]  # Eq. 7  (..., n)
+        post = a_post * proj[..., n : 2 * n] + bias[n : 2 * n]  # (..., n)
+        res = a_res * proj[..., 2 * n :] + bias[2 * n :]  # (..., n^2)
+        res = res.unflatten(-1, (n, n))  # mat(.)  (..., n, n)
+        return Mappings(
+            pre=torch.sigmoid(pre),  # Eq. 8
+            post=2.0 * torch.sigmoid(post),
+            res=sinkhorn_knopp(res, self.sinkhorn_iters),
+        )
+
+    def _compute(self, H: torch.Tensor) -> torch.Tensor:
+        H = self._check_state(H, (self.n, self.dim), "(n, d)")
+        return H.to(compute_dtype(H.dtype, self.phi.dtype))
+
+    def forward(self, H: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``(..., n, d) -> (..., n, d)``; extra arguments go to the branch.
+
+        The weights and the mixing run in float32 (float64 if the input or the module is
+        float64) whatever the input dtype; the branch sees its input in the dtype of ``H``
+        and the result has the dtype of ``H``.
+        """
+        Hc = self._compute(H)
+        pre, post, res = self._mappings(Hc)
+        h0 = (pre.unsqueeze(-2) @ Hc).squeeze(-2)  # H_pre x  (..., d)
+        y = self._run_branch(h0.to(H.dtype), args, kwargs).to(Hc.dtype)  # (..., d)
+        out = res @ Hc + post.unsqueeze(-1) * y.unsqueeze(-2)  # Eq. 3  (..., n, d)
+        return out.to(H.dtype)
+
+    def mappings(self, H: torch.Tensor) -> Mappings:
+        """Per-token ``pre`` ``(..., n)`` in (0, 1), ``post`` ``(..., n)`` in (0, 2) and
+        ``res`` ``(..., n, n)`` doubly stochastic (to ``sinkhorn_iters``), in float32 or float64.
+        """
+        if H is None:
+            raise ValueError("mHC weights depend on the input: pass H of shape (..., n, d)")
+        return self._mappings(self._compute(H))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, n={self.n}, layer_id={self.layer_id}, "
+            f"sinkhorn_iters={self.sinkhorn_iters}"
+        )
