@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hclib.connection import Connection, Mappings
+from hclib.connection import Connection, Mappings, apply_norm
 
 __all__ = ["Residual"]
 
@@ -52,7 +52,7 @@ class Residual(Connection):
         h = self._check_state(h, (self.dim,), "(d)")
         out = h + self._run_branch(h, args, kwargs)  # HC Eq. 15
         if self.post_norm is not None:
-            out = self.post_norm(out)  # HC Eq. 16
+            out = apply_norm(self.post_norm, out)  # HC Eq. 16, in the dtype of h
         return out
 
     def mappings(self, h: torch.Tensor | None = None) -> Mappings:
