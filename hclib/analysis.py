@@ -4,17 +4,23 @@
   HC Eq. 27: entry ``(k, j)`` says how much of layer ``j``'s output reaches layer ``k``'s
   input. Pre-Norm gives the strictly lower-triangular matrix of ones; HC learns a
   Lambda-shaped pattern (HC Section 4.5).
+* :func:`capture_branch_inputs`, :func:`adjacent_cosine_similarity` and
+  :func:`branch_grad_norms` give the two sides of the seesaw (HC Section 1, Figure 3):
+  how similar consecutive layers' inputs are (representation collapse) and how large each
+  layer's gradient is (vanishing gradients).
 * :func:`amax_gain` measures how much a mixing matrix can amplify a signal going forward
   (max absolute row sum) or a gradient going backward (max absolute column sum), the
   measure mHC Section 3.1 uses to show that unconstrained HC products explode.
 
-Derived in: notebooks/04_what_hyper_connections_express (unfolding),
+Derived in: notebooks/01_residual_connections (seesaw measures),
+notebooks/04_what_hyper_connections_express (unfolding),
 notebooks/06_manifold_constrained_hyper_connections (gains).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -23,7 +29,14 @@ from torch import nn
 from hclib.connection import Connection, Mappings
 from hclib.frac import FracConnection
 
-__all__ = ["AmaxGain", "amax_gain", "connection_matrix"]
+__all__ = [
+    "AmaxGain",
+    "adjacent_cosine_similarity",
+    "amax_gain",
+    "branch_grad_norms",
+    "capture_branch_inputs",
+    "connection_matrix",
+]
 
 
 class AmaxGain(NamedTuple):
@@ -96,12 +109,7 @@ def connection_matrix(layers: Sequence[nn.Module], H: torch.Tensor | None = None
         ``(L+2, L+2)``, or ``(L+2, L+2, m, m)`` for frac-connections; zero on and above
         the diagonal.
     """
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers must hold at least one connection")
-    for layer in layers:
-        if not isinstance(layer, Connection):
-            raise TypeError(f"every layer must be an hclib connection, got {type(layer).__name__}")
+    layers = _check_connections(layers)
     frac = isinstance(layers[0], FracConnection)
     if any(isinstance(layer, FracConnection) != frac for layer in layers):
         raise TypeError("cannot unfold a stack that mixes frac-connections with stream connections")
@@ -142,3 +150,95 @@ def connection_matrix(layers: Sequence[nn.Module], H: torch.Tensor | None = None
             if source > 0:
                 row = row @ res[source]  # one more mixing step back in depth
     return out
+
+
+def _check_connections(layers: Sequence[nn.Module]) -> list[Connection]:
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must hold at least one connection")
+    for layer in layers:
+        if not isinstance(layer, Connection):
+            raise TypeError(f"every layer must be an hclib connection, got {type(layer).__name__}")
+    return layers
+
+
+@contextmanager
+def capture_branch_inputs(layers: Sequence[nn.Module]) -> Iterator[list[torch.Tensor | None]]:
+    """Record the input each connection hands its branch (the "layer input" ``h_0``).
+
+    Usage::
+
+        with capture_branch_inputs(model.layers) as inputs:
+            model(x)
+        # inputs[k]: the detached input of layer k's branch, shape (..., d)
+
+    The list holds the inputs of the latest forward pass.
+    """
+    layers = _check_connections(layers)
+    inputs: list[torch.Tensor | None] = [None] * len(layers)
+    handles, swapped = [], []
+    for k, layer in enumerate(layers):
+        branch = layer.branch
+        if isinstance(branch, nn.Module):
+
+            def hook(module, args, k=k):
+                inputs[k] = args[0].detach()
+
+            handles.append(branch.register_forward_pre_hook(hook))
+        else:
+
+            def recording(x, *args, _branch=branch, _k=k, **kwargs):
+                inputs[_k] = x.detach()
+                return _branch(x, *args, **kwargs)
+
+            layer.branch = recording
+            swapped.append((layer, branch))
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, branch in swapped:
+            layer.branch = branch
+
+
+def adjacent_cosine_similarity(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cosine similarity between the inputs of consecutive layers, token by token.
+
+    HC Figure 3 and FC Figure 2: high similarity deep in a Pre-Norm network means the
+    layers see nearly the same input (representation collapse).
+
+    Args:
+        inputs: ``L`` tensors of shape ``(..., d)`` (same shape), e.g. from
+            :func:`capture_branch_inputs`.
+
+    Returns:
+        ``(L - 1, tokens)``: row ``k`` compares layer ``k`` with layer ``k + 1``.
+    """
+    inputs = list(inputs)
+    if len(inputs) < 2:
+        raise ValueError(f"need the inputs of at least 2 layers, got {len(inputs)}")
+    shapes = {tuple(x.shape) for x in inputs}
+    if len(shapes) != 1:
+        raise ValueError(f"all layer inputs must have one shape, got {sorted(shapes)}")
+    flat = torch.stack([x.reshape(-1, x.shape[-1]) for x in inputs])  # (L, tokens, d)
+    return nn.functional.cosine_similarity(flat[:-1], flat[1:], dim=-1)  # (L-1, tokens)
+
+
+def branch_grad_norms(layers: Sequence[nn.Module]) -> torch.Tensor:
+    """The L2 norm of the gradient of each connection's branch parameters, ``(L,)``.
+
+    Call after ``loss.backward()``. Small norms in the first layers are Post-Norm's
+    vanishing gradients (Xiong et al. 2020; HC Section 1).
+    """
+    layers = _check_connections(layers)
+    norms = []
+    for layer in layers:
+        branch = layer.branch
+        params = branch.parameters() if isinstance(branch, nn.Module) else ()
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norms.append(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])))
+        else:
+            norms.append(torch.tensor(float("nan")))
+    return torch.stack([x.detach().float().cpu() for x in norms])
