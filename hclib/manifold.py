@@ -38,28 +38,29 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     is divided by its sum, then every row. Because rows are normalised last, every row of
     the result sums to 1 (to rounding); the column sums converge to 1 as ``iters`` grows.
 
-    The exponent is taken of ``logits - max(logits)``: Sinkhorn-Knopp is invariant to a
-    positive factor, so this changes nothing but avoids overflow. The iterations run in
-    float32 (float64 for float64 input) and the result has the dtype of ``logits``.
+    The iterations run on ``log M`` (dividing by a sum is subtracting its ``logsumexp``), which
+    is the same algorithm in exact arithmetic but never forms ``exp`` of a very negative
+    number: in linear form, logits about 100 (float32) or 750 (float64) apart underflow to a
+    zero column and give 0/0. The iterations run in float32 (float64 for float64 input) and
+    the result has the dtype of ``logits``.
 
     Args:
         logits: ``(..., n, n)``.
         iters: number of column-then-row rounds, ``>= 1`` (mHC uses ``t_max = 20``).
 
     Returns:
-        ``(..., n, n)``, entrywise positive.
+        ``(..., n, n)``, entrywise non-negative (positive unless an entry underflows).
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
     iters = check_count(iters, "iters", "Sinkhorn-Knopp iterations")
-    x = logits.to(compute_dtype(logits.dtype))
-    M = torch.exp(x - x.detach().amax(dim=(-2, -1), keepdim=True))  # M^(0), up to a factor
+    log_M = logits.to(compute_dtype(logits.dtype))  # log M^(0)
     for _ in range(iters):
-        M = M / M.sum(dim=-2, keepdim=True)  # T_c: every column sums to 1
-        M = M / M.sum(dim=-1, keepdim=True)  # T_r: every row sums to 1
-    return M.to(logits.dtype)
+        log_M = log_M - torch.logsumexp(log_M, dim=-2, keepdim=True)  # T_c: columns sum to 1
+        log_M = log_M - torch.logsumexp(log_M, dim=-1, keepdim=True)  # T_r: rows sum to 1
+    return log_M.exp().to(logits.dtype)
 
 
 def _logit(p: float) -> float:
@@ -84,19 +85,21 @@ class ManifoldHyperConnection(Connection):
         gate_init: initial gating factors ``alpha_pre, alpha_post, alpha_res`` (paper: 0.01).
         eps: epsilon of the RMSNorm of the flattened state (the paper prints 1e-20).
 
-    Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0``
-    as HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,
-    ``2 sigmoid(b_post)`` and ``SK(b_res)``. The defaults ``post_init = 1`` (HC's ``B = 1``),
+    Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0`` as
+    HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``, ``2
+    sigmoid(b_post)`` and ``SK(b_res)``. The defaults ``post_init = 1`` (HC's ``B = 1``),
     ``sum(H_pre) = 1`` and a row-stochastic ``H_res`` make a network of replicated streams
-    compute exactly the Pre-Norm residual network for any ``n >= 2``: every stream carries
-    the Pre-Norm hidden state, as with HC's initialisation. ``H_res`` cannot be the
-    identity (it would need infinite logits), so it starts near it, with diagonal
-    ``res_init_diag = 0.95``; ``H_pre`` cannot be one-hot, so it starts concentrated on
-    stream ``layer_id % n`` (``pre_init = 0.9``), which, like HC's ``e_{k mod n}``, breaks the
-    symmetry between streams (with uniform weights and ``phi = 0`` every stream would get
-    the same gradient and the streams would stay copies of each other). For ``n = 1`` the
-    read-out ``sigmoid(b_pre) < 1`` scales the branch input by ``pre_init``, which a branch
-    that starts with its own norm ignores (up to the norm's epsilon).
+    compute the Pre-Norm residual network for any ``n >= 2``: every stream carries the Pre-Norm
+    hidden state, as with HC's initialisation. (Exactly up to the rounding of the biases: a
+    float32 ``sigmoid(b_pre)`` sums to 1 within ~1e-8, so a module created in float32 and cast
+    to float64 is off by that much; one created in float64 matches to 1e-15.) ``H_res`` cannot
+    be the identity (it would need infinite logits), so it starts near it, with diagonal
+    ``res_init_diag = 0.95``; ``H_pre`` cannot be one-hot, so it starts concentrated on stream
+    ``layer_id % n`` (``pre_init = 0.9``), which, like HC's ``e_{k mod n}``, breaks the symmetry
+    between streams (with uniform weights and ``phi = 0`` every stream would get the same
+    gradient and the streams would stay copies of each other). For ``n = 1`` the read-out
+    ``sigmoid(b_pre) < 1`` scales the branch input by ``pre_init``, which a branch that starts
+    with its own norm ignores (up to the norm's epsilon).
 
     Parameters:
         ``phi`` ``(n d, n^2 + 2n)`` = ``[phi_pre | phi_post | phi_res]`` (Eq. 14's fused
