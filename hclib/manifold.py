@@ -86,8 +86,8 @@ class ManifoldHyperConnection(Connection):
         eps: epsilon of the RMSNorm of the flattened state (the paper prints 1e-20).
 
     Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0`` as
-    HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``, ``2
-    sigmoid(b_post)`` and ``SK(b_res)``. The defaults ``post_init = 1`` (HC's ``B = 1``),
+    HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,
+    ``2 sigmoid(b_post)`` and ``SK(b_res)``. The defaults ``post_init = 1`` (HC's ``B = 1``),
     ``sum(H_pre) = 1`` and a row-stochastic ``H_res`` make a network of replicated streams
     compute the Pre-Norm residual network for any ``n >= 2``: every stream carries the Pre-Norm
     hidden state, as with HC's initialisation. (Exactly up to the rounding of the biases: a
