@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from branches import prenorm_branch, prenorm_stack, randomise
 from torch import nn
 
 import hclib
@@ -20,22 +21,6 @@ D = 24  # divisible by 1, 2, 3, 4, 8; d/m = 24, 12, 8, 3 (odd for m = 8)
 
 
 # ------------------------------------------------------------------------------ helpers
-def prenorm_branch(d=D, dtype=F64, seed=None):
-    """A random branch with its own pre-norm: T = Tanh o Linear o LayerNorm."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    branch = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.Tanh()).to(dtype)
-    nn.init.normal_(branch[0].weight, 1.0, 0.3)
-    nn.init.normal_(branch[0].bias, 0.0, 0.3)
-    return branch
-
-
-def randomise(module, std=0.5):
-    """Add noise to every parameter (static matrices, projections, scales, norm, branch)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * std)
-    return module
 
 
 def split_by_hand(h, m):
@@ -72,15 +57,6 @@ def blocks(M):
     """(B, Y, A) of an FC matrix laid out as Eq. 7."""
     m = M.shape[0] - 1
     return M[0, m:], M[1:, :m], M[1:, m:]
-
-
-def prenorm_stack(branches, h):
-    """The Pre-Norm residual network: h <- h + T(h); returns every layer's output."""
-    outs = []
-    for branch in branches:
-        h = h + branch(h)
-        outs.append(h)
-    return outs
 
 
 def normalise_by_hand(H, kind, eps=1e-5):
@@ -129,7 +105,7 @@ def test_fc_matrix_is_m_plus_1_by_2m_with_square_y_and_a_and_a_row_b(m, dynamic)
 @pytest.mark.parametrize("m", FRACS)
 def test_fc_forward_is_eq_8_with_an_elementwise_beta(batch, m):
     matrix = random_fc_matrix(m, seed=m)
-    branch = prenorm_branch(seed=m)
+    branch = prenorm_branch(D, seed=m)
     layer = hclib.FracConnection.from_matrix(matrix, D, branch)
     H = torch.randn(*batch, m, D // m, dtype=F64)
     expected = fc_forward_by_hand(*blocks(matrix)[1:], blocks(matrix)[0], branch, H)
@@ -144,7 +120,7 @@ def test_fc_beta_is_not_an_outer_product(m):
     # the state. FC's beta is elementwise (Algorithm 2: beta[..., None] * h_o.reshape(m, d/m)).
     matrix = random_fc_matrix(m, seed=10 + m)
     B, Y, A = blocks(matrix)
-    branch = prenorm_branch(seed=m)
+    branch = prenorm_branch(D, seed=m)
     layer = hclib.FracConnection.from_matrix(matrix, D, branch)
     H = torch.randn(4, m, D // m, dtype=F64)
     y = split_by_hand(branch(concat_by_hand(torch.einsum("ji,...jf->...if", Y, H))), m)
@@ -177,7 +153,7 @@ def test_fc_init_matrix_is_eq_15_for_every_layer(m, layer_id):
 @pytest.mark.parametrize("m", FRACS)
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fc_init_layer_is_exactly_the_prenorm_residual(batch, m, dynamic):
-    branch = prenorm_branch(seed=m)
+    branch = prenorm_branch(D, seed=m)
     layer = hclib.FracConnection(D, branch, m=m, dynamic=dynamic).double()
     h = torch.randn(*batch, D, dtype=F64)
     out = concat_by_hand(layer(split_by_hand(h, m)))
@@ -189,7 +165,7 @@ def test_fc_init_layer_is_exactly_the_prenorm_residual(batch, m, dynamic):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fc_init_stack_equals_prenorm_stack_exactly(m, depth, dynamic):
     torch.manual_seed(10 * depth + m)
-    branches = [prenorm_branch() for _ in range(depth)]
+    branches = [prenorm_branch(D) for _ in range(depth)]
     layers = [
         hclib.FracConnection(D, b, m=m, layer_id=k, dynamic=dynamic).double()
         for k, b in enumerate(branches)
@@ -221,7 +197,7 @@ def copy_hc_into_fc(hc, fc):
 @pytest.mark.parametrize("tanh", [True, False])
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_fc_with_one_fraction_equals_hc_with_one_stream(batch, dynamic, tanh, norm):
-    branch = prenorm_branch(seed=7)
+    branch = prenorm_branch(D, seed=7)
     kwargs = dict(dynamic=dynamic, tanh=tanh, norm=norm, norm_affine=True)
     hc = randomise(hclib.HyperConnection(D, branch, n=1, **kwargs).double())
     fc = hclib.FracConnection(D, branch, m=1, **kwargs).double()
@@ -237,7 +213,7 @@ def test_fc_with_one_fraction_equals_hc_with_one_stream(batch, dynamic, tanh, no
 
 def test_fc_and_hc_from_the_same_2_by_2_matrix_compute_the_same_layer():
     matrix = random_fc_matrix(1, seed=3)  # (2, 2): also a valid HC matrix for n = 1
-    branch = prenorm_branch(seed=3)
+    branch = prenorm_branch(D, seed=3)
     fc = hclib.FracConnection.from_matrix(matrix, D, branch)
     hc = hclib.HyperConnection.from_matrix(matrix, D, branch)
     H = torch.randn(4, 1, D, dtype=F64)
@@ -275,7 +251,7 @@ def test_dynamic_fc_weights_follow_eqs_11_to_14_with_the_norm_over_each_fraction
     torch.testing.assert_close(post, B, atol=1e-14, rtol=0)  # Eq. 12
     torch.testing.assert_close(res, A.transpose(-1, -2), atol=1e-14, rtol=0)  # Eq. 14
     # and the forward pass uses these per-token weights as in Eq. 8
-    layer.branch = prenorm_branch(seed=m)
+    layer.branch = prenorm_branch(D, seed=m)
     expected = fc_forward_by_hand(Y, A, B, layer.branch, H)
     torch.testing.assert_close(layer(H), expected, atol=1e-13, rtol=0)
 
@@ -330,8 +306,8 @@ def test_fc_without_tanh_is_linear_in_the_normalised_input(m):
 def test_fc_carries_exactly_d_features_per_token_while_hc_carries_n_times_d(m):
     tokens = (2, 3)
     h = torch.randn(*tokens, D)
-    fc = hclib.FracConnection(D, prenorm_branch(dtype=torch.float32), m=m)
-    hc = hclib.HyperConnection(D, prenorm_branch(dtype=torch.float32), n=m)
+    fc = hclib.FracConnection(D, prenorm_branch(D, dtype=torch.float32), m=m)
+    hc = hclib.HyperConnection(D, prenorm_branch(D, dtype=torch.float32), n=m)
     fc_state = fc(hclib.split_fractions(h, m))
     hc_state = hc(hclib.expand_streams(h, m))
     assert fc_state.shape == (*tokens, m, D // m)
@@ -369,7 +345,7 @@ def test_dynamic_fc_with_rmsnorm_parameter_count_matches_eqs_18_19(d, m, layers)
 
 @pytest.mark.parametrize("m", FRACS)
 def test_dynamic_fc_at_init_equals_static_fc_and_its_scales_get_zero_gradient(m):
-    branch = prenorm_branch(seed=m)
+    branch = prenorm_branch(D, seed=m)
     static = hclib.FracConnection(D, branch, m=m, dynamic=False).double()
     dynamic = hclib.FracConnection(D, branch, m=m, dynamic=True).double()
     H = 3.0 * torch.randn(5, m, D // m, dtype=F64)
@@ -400,7 +376,7 @@ def test_fc_from_matrix_round_trips_static_matrix(m):
 def test_fc_weight_decay_applies_to_dynamic_projections_not_static_weights(dynamic):
     # FC Section 4.3: static parts no weight decay, dynamic parts weight decay.
     model = nn.ModuleList(
-        [hclib.FracConnection(D, prenorm_branch(), m=4, dynamic=dynamic, norm_affine=True)]
+        [hclib.FracConnection(D, prenorm_branch(D), m=4, dynamic=dynamic, norm_affine=True)]
     )
     decayed, plain = hclib.param_groups(model, weight_decay=0.1)
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
@@ -558,7 +534,9 @@ def test_fc_init_stack_unfolds_to_identity_blocks_strictly_below_the_diagonal(m,
     # At init every FC layer is h + T(h): the layer-to-layer matrix is Pre-Norm's strictly
     # lower-triangular matrix of ones, each one an m x m identity (fraction p feeds fraction p).
     layers = [
-        hclib.FracConnection(D, prenorm_branch(seed=k), m=m, layer_id=k, dynamic=dynamic).double()
+        hclib.FracConnection(
+            D, prenorm_branch(D, seed=k), m=m, layer_id=k, dynamic=dynamic
+        ).double()
         for k in range(depth)
     ]
     H = torch.randn(2, 3, m, D // m, dtype=F64) if dynamic else None

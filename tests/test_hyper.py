@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from branches import prenorm_branch, prenorm_stack, randomise
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -19,24 +20,6 @@ BATCHES = [(), (5,), (2, 3)]
 D = 13  # odd width on purpose
 
 
-def prenorm_branch(d=D, dtype=F64, seed=None):
-    """A random branch with its own pre-norm: T = Tanh o Linear o LayerNorm."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    branch = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.Tanh()).to(dtype)
-    nn.init.normal_(branch[0].weight, 1.0, 0.3)
-    nn.init.normal_(branch[0].bias, 0.0, 0.3)
-    return branch
-
-
-def randomise(module, std=0.5):
-    """Give every parameter a random value (dynamic weights, scales, static matrices)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * std)
-    return module
-
-
 def hc_forward_by_hand(matrix, branch, H):
     """HC Eq. 2 written directly: H^ = B^T T(H^T A_m)^T + A_r^T H."""
     B, A_m, A_r = matrix[0, 1:], matrix[1:, 0], matrix[1:, 1:]
@@ -44,21 +27,12 @@ def hc_forward_by_hand(matrix, branch, H):
     return torch.einsum("i,...d->...id", B, branch(h0)) + torch.einsum("ji,...jd->...id", A_r, H)
 
 
-def prenorm_stack(branches, h):
-    """The Pre-Norm residual network: h <- h + T(h); returns every layer's output."""
-    outs = []
-    for branch in branches:
-        h = h + branch(h)
-        outs.append(h)
-    return outs
-
-
 # ---------------------------------------------------------------- 1. shapes (Eqs. 1-5)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("n", RATES)
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_hc_shapes_follow_eqs_1_to_5(batch, n, dynamic):
-    layer = hclib.HyperConnection(D, prenorm_branch(), n=n, dynamic=dynamic).double()
+    layer = hclib.HyperConnection(D, prenorm_branch(D), n=n, dynamic=dynamic).double()
     H = torch.randn(*batch, n, D, dtype=F64)
     assert layer(H).shape == (*batch, n, D)
     assert layer.static_matrix().shape == (n + 1, n + 1)
@@ -69,7 +43,7 @@ def test_hc_shapes_follow_eqs_1_to_5(batch, n, dynamic):
 # ------------------------------------------------ 2-3. residuals as HC matrices (Eqs. 15-16)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_hc_with_matrix_0_1_1_1_is_the_prenorm_residual(batch):
-    branch = prenorm_branch()
+    branch = prenorm_branch(D)
     layer = hclib.HyperConnection.from_matrix(
         torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=F64), D, branch
     )
@@ -110,7 +84,7 @@ def test_hc_postnorm_matrix_reproduces_layernorm_of_the_sum():
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_hc_init_stack_carries_the_prenorm_state_in_every_stream(n, depth, dynamic):
     torch.manual_seed(depth * 10 + n)
-    branches = [prenorm_branch() for _ in range(depth)]
+    branches = [prenorm_branch(D) for _ in range(depth)]
     layers = [
         hclib.HyperConnection(D, b, n=n, layer_id=k, dynamic=dynamic).double()
         for k, b in enumerate(branches)
@@ -162,7 +136,7 @@ def test_dynamic_hc_weights_follow_eqs_10_to_13(n, tanh, norm):
     torch.testing.assert_close(post, B, atol=1e-14, rtol=0)
     torch.testing.assert_close(res, A_r.transpose(-1, -2), atol=1e-14, rtol=0)
     # and the forward pass uses them as in Eq. 2, token by token
-    branch = prenorm_branch(seed=n)
+    branch = prenorm_branch(D, seed=n)
     layer.branch = branch
     for t in range(4):
         matrix = torch.zeros(n + 1, n + 1, dtype=F64)
@@ -193,7 +167,7 @@ def test_dynamic_hc_row_i_depends_on_stream_i_only(n):
 
 @pytest.mark.parametrize("n", RATES)
 def test_dynamic_hc_at_init_equals_static_hc_and_its_scales_get_zero_gradient(n):
-    branch = prenorm_branch(seed=n)
+    branch = prenorm_branch(D, seed=n)
     static = hclib.HyperConnection(D, branch, n=n, layer_id=3, dynamic=False).double()
     dynamic = hclib.HyperConnection(D, branch, n=n, layer_id=3, dynamic=True).double()
     H = torch.randn(5, n, D, dtype=F64)
@@ -245,7 +219,7 @@ def parallel_matrix(n, i):
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_sequential_hc_matrix_keeps_all_streams_equal_to_the_prenorm_chain(n, depth):
     torch.manual_seed(n + depth)
-    branches = [prenorm_branch() for _ in range(depth)]
+    branches = [prenorm_branch(D) for _ in range(depth)]
     h = torch.randn(3, D, dtype=F64)
     H = hclib.expand_streams(h, n)
     for branch, expected in zip(branches, prenorm_stack(branches, h), strict=True):
@@ -266,7 +240,7 @@ def test_parallel_matrices_for_n_2_are_eq_18_and_the_derived_eq_19():
 def test_parallel_hc_matrices_make_each_group_of_n_layers_a_parallel_block(n, groups):
     # Eq. 53: after each group, sum of streams = sum_i (T_i(x) + x), x = sum before the group.
     torch.manual_seed(100 + n)
-    branches = [prenorm_branch() for _ in range(n * groups)]
+    branches = [prenorm_branch(D) for _ in range(n * groups)]
     H = torch.randn(2, n, D, dtype=F64)
     for g in range(groups):
         x = hclib.reduce_streams(H)
@@ -316,7 +290,7 @@ def test_from_matrix_builds_exactly_the_given_matrix_and_matches_eq_2(n):
     torch.manual_seed(n)
     matrix = torch.randn(n + 1, n + 1, dtype=F64)
     matrix[0, 0] = 0.0
-    branch = prenorm_branch(seed=n)
+    branch = prenorm_branch(D, seed=n)
     layer = hclib.HyperConnection.from_matrix(matrix, D, branch)
     assert not layer.dynamic and layer.static_alpha.dtype == F64
     torch.testing.assert_close(layer.static_matrix(), matrix, rtol=0, atol=0)

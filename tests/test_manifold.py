@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from branches import prenorm_branch, prenorm_stack, randomise
 from torch import nn
 
 import hclib
@@ -24,31 +25,6 @@ D = 13  # odd width on purpose (the paper's C)
 
 
 # ------------------------------------------------------------------------------ helpers
-def prenorm_branch(d=D, dtype=F64, seed=None, eps=1e-5):
-    """A random branch with its own pre-norm: T = Tanh o Linear o LayerNorm."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    branch = nn.Sequential(nn.LayerNorm(d, eps=eps), nn.Linear(d, d), nn.Tanh()).to(dtype)
-    nn.init.normal_(branch[0].weight, 1.0, 0.3)
-    nn.init.normal_(branch[0].bias, 0.0, 0.3)
-    return branch
-
-
-def randomise(module, std=0.5):
-    """Add noise to every parameter (phi, biases, gates, branch)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * std)
-    return module
-
-
-def prenorm_stack(branches, h):
-    """The Pre-Norm residual network: h <- h + T(h); returns every layer's output."""
-    outs = []
-    for branch in branches:
-        h = h + branch(h)
-        outs.append(h)
-    return outs
 
 
 def sinkhorn_by_hand(logits, iters):
@@ -430,7 +406,7 @@ def test_mhc_parameter_count_matches_section_4_2(n, C, expected):
 
 
 def test_mhc_weight_decay_applies_to_phi_only():
-    model = nn.ModuleList([hclib.ManifoldHyperConnection(D, prenorm_branch(), n=4)])
+    model = nn.ModuleList([hclib.ManifoldHyperConnection(D, prenorm_branch(D), n=4)])
     decayed, plain = hclib.param_groups(model, weight_decay=0.1)
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert set(decayed["names"]) == {"0.phi", "0.branch.1.weight"}
@@ -450,7 +426,7 @@ def test_mhc_weight_decay_applies_to_phi_only():
 @pytest.mark.parametrize("batch", BATCHES)
 def test_fixed_mappings_of_the_ablation_give_x_plus_branch_of_the_stream_mean(n, batch):
     # mHC Table 1: H_pre = 1/n, H_post = 1, H_res = I, set through the biases with phi = 0.
-    branch = prenorm_branch(seed=n)
+    branch = prenorm_branch(D, seed=n)
     layer = hclib.ManifoldHyperConnection(D, branch, n=n).double()
     b_pre = -math.log(n - 1) if n > 1 else math.inf  # sigmoid(b_pre) = 1/n
     b_res = torch.full((n, n), -math.inf, dtype=F64).fill_diagonal_(0.0)  # exp -> I
@@ -505,7 +481,7 @@ def test_mhc_init_mappings_read_stream_layer_id_mod_n_and_mix_doubly_stochastica
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_mhc_init_stack_from_replicated_streams_equals_n_times_the_prenorm_stack(n, depth):
     torch.manual_seed(10 * depth + n)
-    branches = [prenorm_branch() for _ in range(depth)]
+    branches = [prenorm_branch(D) for _ in range(depth)]
     with default_dtype(F64):  # sum(pre) = 1 and res DS to float64 precision
         layers = [
             hclib.ManifoldHyperConnection(D, b, n=n, layer_id=k) for k, b in enumerate(branches)
@@ -525,7 +501,7 @@ def test_mhc_with_one_stream_at_init_is_prenorm_for_a_scale_invariant_branch(dep
     # n = 1: pre = pre_init < 1 scales the branch input; a branch that starts with an exact
     # (eps = 0) norm does not see the factor.
     torch.manual_seed(depth)
-    branches = [prenorm_branch(eps=0.0) for _ in range(depth)]
+    branches = [prenorm_branch(D, eps=0.0) for _ in range(depth)]
     layers = [
         hclib.ManifoldHyperConnection(D, b, n=1, layer_id=k).double()
         for k, b in enumerate(branches)
@@ -543,7 +519,7 @@ def test_mhc_with_one_stream_at_init_is_prenorm_for_a_scale_invariant_branch(dep
 @pytest.mark.parametrize("iters", [1, 20])
 def test_mhc_forward_is_eqs_7_8_then_eq_3(n, batch, iters):
     torch.manual_seed(n + iters)
-    branch = prenorm_branch(seed=n)
+    branch = prenorm_branch(D, seed=n)
     layer = hclib.ManifoldHyperConnection(D, branch, n=n, layer_id=1, sinkhorn_iters=iters)
     layer = randomise(layer.double())  # random phi, bias (incl. a non-symmetric b_res), gates
     x = torch.randn(*batch, n, D, dtype=F64)

@@ -2,18 +2,12 @@
 
 import pytest
 import torch
+from branches import prenorm_branch
 from torch import nn
 
 import hclib
 
 DTYPES = [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-12, 1e-12)]
-
-
-def prenorm_branch(d, dtype=torch.float64):
-    branch = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.Tanh()).to(dtype)
-    nn.init.normal_(branch[0].weight, 1.0, 0.3)
-    nn.init.normal_(branch[0].bias, 0.0, 0.3)
-    return branch
 
 
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
