@@ -38,11 +38,12 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     is divided by its sum, then every row. Because rows are normalised last, every row of
     the result sums to 1 (to rounding); the column sums converge to 1 as ``iters`` grows.
 
-    The iterations run on ``log M`` (dividing by a sum is subtracting its ``logsumexp``), which
-    is the same algorithm in exact arithmetic but never forms ``exp`` of a very negative
-    number: in linear form, logits about 100 (float32) or 750 (float64) apart underflow to a
-    zero column and give 0/0. The iterations run in float32 (float64 for float64 input) and
-    the result has the dtype of ``logits``.
+    Each column of ``exp(logits)`` is first divided by its largest entry, which the first
+    column normalisation undoes exactly and which keeps every column non-zero. Should an
+    entry still underflow so that a row or column sums to 0 (logits some 100 (float32) or
+    750 (float64) apart), the same iterations are rerun on ``log M``, where dividing by a sum
+    is subtracting its log-sum-exp and nothing underflows. The iterations run in float32
+    (float64 for float64 input) and the result has the dtype of ``logits``.
 
     Args:
         logits: ``(..., n, n)``.
@@ -56,11 +57,23 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
     iters = check_count(iters, "iters", "Sinkhorn-Knopp iterations")
-    log_M = logits.to(compute_dtype(logits.dtype))  # log M^(0)
+    x = logits.to(compute_dtype(logits.dtype))
+    M = torch.exp(x - x.detach().amax(dim=-2, keepdim=True))  # M^(0) up to column factors
     for _ in range(iters):
-        log_M = log_M - torch.logsumexp(log_M, dim=-2, keepdim=True)  # T_c: columns sum to 1
-        log_M = log_M - torch.logsumexp(log_M, dim=-1, keepdim=True)  # T_r: rows sum to 1
-    return log_M.exp().to(logits.dtype)
+        M = M / M.sum(dim=-2, keepdim=True)  # T_c: every column sums to 1
+        M = M / M.sum(dim=-1, keepdim=True)  # T_r: every row sums to 1
+    if not bool(torch.isfinite(M).all()):  # a row or column underflowed to 0: go to log space
+        M = _sinkhorn_knopp_log(x, iters)
+    return M.to(logits.dtype)
+
+
+def _sinkhorn_knopp_log(x: torch.Tensor, iters: int) -> torch.Tensor:
+    """:func:`sinkhorn_knopp` on ``log M``: ``T_c`` and ``T_r`` subtract a log-sum-exp."""
+    log_M = x
+    for _ in range(iters):
+        log_M = log_M - torch.logsumexp(log_M, dim=-2, keepdim=True)  # T_c
+        log_M = log_M - torch.logsumexp(log_M, dim=-1, keepdim=True)  # T_r
+    return log_M.exp()
 
 
 def _logit(p: float) -> float:

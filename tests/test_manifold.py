@@ -639,3 +639,21 @@ BAD_INPUTS = [
 def test_mhc_rejects_bad_input_naming_expected_and_given(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_sinkhorn_in_log_space_is_the_same_algorithm_and_takes_over_on_underflow():
+    from hclib.manifold import _sinkhorn_knopp_log
+
+    torch.manual_seed(0)
+    logits = 3.0 * torch.randn(20, 4, 4, dtype=F64)
+    for iters in (1, 5, 20):
+        torch.testing.assert_close(
+            _sinkhorn_knopp_log(logits, iters),
+            hclib.sinkhorn_knopp(logits, iters),
+            atol=1e-13,
+            rtol=0,
+        )
+    far = torch.tensor([[0.0, -120.0], [-120.0, -120.0]])  # exp underflows in float32
+    S = hclib.sinkhorn_knopp(far)
+    assert torch.isfinite(S).all()
+    torch.testing.assert_close(S, _sinkhorn_knopp_log(far.double(), 20).float())
