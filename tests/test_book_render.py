@@ -1,0 +1,362 @@
+"""The built book renders in a browser, offline.
+
+Every page that book/_toc.yml names is opened from book/_build/html in headless Chromium with
+the network cut off. Each page must show its title, hold no error or stderr output cells, load
+every image from local files, have MathJax typeset every formula, ask for nothing but local
+files, and raise no JavaScript error. Screenshots of each whole page land in
+book/_build/screenshots/ (gitignored with the rest of book/_build/): `<page>-1.png` is the top
+of the page, `-2.png`, ... the rest, 4,000 pixels each.
+
+`bash dev.sh test` builds the book from the committed notebook outputs and then runs this
+file (`-m book`); the unit-test step leaves it out. Without Chromium or without a built book
+the tests skip and say why.
+
+Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`:
+JSON messages ending in a NUL byte, commands on fd 3, replies on fd 4), so the tests need
+nothing beyond the standard library and the `chromium` executable.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.book
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+HTML = BOOK / "_build" / "html"
+SCREENSHOTS = BOOK / "_build" / "screenshots"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+WIDTH, HEIGHT = 1280, 900  # CSS pixels of the window
+TILE = 4000  # pixels of page height per screenshot (Chromium cannot capture past 16,384)
+TIMEOUT_S = 60.0
+
+
+def _toc_pages() -> list[str]:
+    """The page names of book/_toc.yml in reading order: `intro`, ..., `notebooks/01_...`."""
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                pages.append(entry["file"])
+            for key in ("parts", "chapters", "sections"):
+                walk(entry.get(key, []))
+
+    walk(toc.get("parts", []) + toc.get("chapters", []))
+    return pages
+
+
+PAGES = _toc_pages()
+
+
+def _browser() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def _require_built_book() -> None:
+    if not (HTML / "index.html").exists():
+        pytest.skip(
+            f"the book is not built: {HTML / 'index.html'} does not exist (bash dev.sh book)"
+        )
+
+
+class Chromium:
+    """Headless Chromium with its network cut off, driven over the DevTools pipe."""
+
+    def __init__(self, executable: str, user_data_dir: Path) -> None:
+        commands_read, self._commands = os.pipe()  # we write commands, Chromium reads fd 3
+        self._replies, replies_write = os.pipe()  # Chromium writes replies on fd 4
+
+        def plug_pipes() -> None:  # in the child, before exec: the pipes become fds 3 and 4
+            high_read = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 10)
+            high_write = fcntl.fcntl(replies_write, fcntl.F_DUPFD, 10)
+            os.dup2(high_read, 3)
+            os.dup2(high_write, 4)
+
+        args = [
+            executable,
+            "--headless",
+            "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            "--mute-audio",
+            # No network: every host name fails to resolve and every proxied request is refused.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=127.0.0.1:9",
+            f"--user-data-dir={user_data_dir}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        self._log = open(user_data_dir.parent / "chromium.log", "wb")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=plug_pipes,  # the test process runs no threads
+            close_fds=False,
+        )
+        os.close(commands_read)
+        os.close(replies_write)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except Exception:  # closing anyway
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._commands)
+        os.close(self._replies)
+        self._log.close()
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._replies], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._replies, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium closed its pipe (exit status {self.proc.poll()})")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        """Send one command and return its result; events that arrive meanwhile are kept."""
+        self._next_id += 1
+        command = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            command["sessionId"] = session
+        os.write(self._commands, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            message = self._read_message(deadline)
+            if message.get("id") != self._next_id:
+                self.events.append(message)
+                continue
+            if "error" in message:
+                raise RuntimeError(f"{method} failed: {message['error']}")
+            return message["result"]
+
+    def wait_for(self, method: str, session: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT_S
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if event.get("method") == method and event.get("sessionId") == session:
+                    return event
+            seen = len(self.events)
+            self.events.append(self._read_message(deadline))
+
+
+# Runs in the page once it has loaded: wait for every image and for MathJax's first typeset
+# (at most 30 s), then report what a reader would see.
+INSPECT_PAGE = """
+(async () => {
+  const images = [...document.images];
+  for (const img of images) img.loading = "eager";
+  const settled = Promise.all(images.map((img) => img.complete ? null : new Promise((done) => {
+    img.addEventListener("load", done);
+    img.addEventListener("error", done);
+  })));
+  const mathjax = window.MathJax && MathJax.startup && MathJax.startup.promise;
+  const timeout = new Promise((done) => setTimeout(() => done("timeout"), 30000));
+  const waited = await Promise.race([Promise.all([settled, mathjax]), timeout]);
+  const article = document.querySelector("article") || document.body;
+  const title = article.querySelector("h1");
+  const outputs = [...article.querySelectorAll(".cell_output, .output")];
+  return {
+    timedOut: waited === "timeout",
+    title: title ? title.textContent.replace(/[#¶]/g, "").trim() : null,
+    mathjaxLoaded: Boolean(window.MathJax && MathJax.version),
+    formulas: article.querySelectorAll(".math").length,
+    untypeset: [...article.querySelectorAll(".math")]
+      .filter((el) => !el.querySelector("mjx-container"))
+      .map((el) => el.textContent.slice(0, 80)),
+    texErrors: [...article.querySelectorAll("mjx-merror")].map((el) => el.textContent),
+    errorCells: article.querySelectorAll(".output.stderr, .output.traceback, .output.error").length,
+    tracebacks: outputs.filter((el) => el.textContent.includes("Traceback (most recent call last)"))
+      .length,
+    images: images.map((img) => ({
+      src: img.getAttribute("src"),
+      url: img.currentSrc || img.src,
+      complete: img.complete,
+      width: img.naturalWidth,
+    })),
+  };
+})()
+"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    executable = _browser()
+    if executable is None:
+        pytest.skip(
+            "Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it"
+        )
+    _require_built_book()
+    chromium = Chromium(executable, tmp_path_factory.mktemp("chromium") / "profile")
+    yield chromium
+    chromium.close()
+
+
+def _render(browser: Chromium, page: Path) -> tuple[dict, list[dict], list[bytes]]:
+    """Open one page; return what INSPECT_PAGE saw, the page's events and its screenshots."""
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+        "sessionId"
+    ]
+    try:
+        for domain in ("Page", "Network", "Runtime"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
+        first_event = len(browser.events)
+        browser.send("Page.navigate", {"url": page.as_uri()}, session)
+        browser.wait_for("Page.loadEventFired", session)
+        seen = browser.send(
+            "Runtime.evaluate",
+            {"expression": INSPECT_PAGE, "awaitPromise": True, "returnByValue": True},
+            session,
+        )
+        if "exceptionDetails" in seen:
+            raise RuntimeError(f"inspecting the page failed: {seen['exceptionDetails']}")
+        report = seen["result"]["value"]
+        # One window-sized screenshot per TILE pixels, scrolling down the page (capturing beyond
+        # the viewport instead shifts this theme's layout sideways).
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": TILE, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
+        height = browser.send(
+            "Runtime.evaluate",
+            {"expression": "document.documentElement.scrollHeight", "returnByValue": True},
+            session,
+        )["result"]["value"]
+        shots = []
+        for top in range(0, max(height - TILE, 0) + TILE, TILE):
+            browser.send(
+                "Runtime.evaluate",
+                {"expression": f"window.scrollTo(0, {min(top, max(height - TILE, 0))})"},
+                session,
+            )
+            shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
+            shots.append(base64.b64decode(shot["data"]))
+        events = [e for e in browser.events[first_event:] if e.get("sessionId") == session]
+        return report, events, shots
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+
+
+@pytest.mark.parametrize("name", PAGES, ids=[Path(name).name for name in PAGES])
+def test_page_renders_offline_with_title_figures_and_math(browser, name):
+    page = HTML / f"{name}.html"
+    assert page.exists(), f"book/_toc.yml names {name}, but the build has no {page}"
+
+    report, events, screenshots = _render(browser, page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SCREENSHOTS.glob(f"{Path(name).name}-*.png"):
+        old.unlink()
+    for number, screenshot in enumerate(screenshots, start=1):
+        (SCREENSHOTS / f"{Path(name).name}-{number}.png").write_bytes(screenshot)
+
+    assert not report["timedOut"], f"{name}: images or MathJax still loading after 30 s"
+    assert report["title"], f"{name}: the page has no <h1> title"
+    assert report["errorCells"] == 0 and report["tracebacks"] == 0, (
+        f"{name}: {report['errorCells']} stderr/error output cells and "
+        f"{report['tracebacks']} tracebacks (warnings and progress bars on stderr count too)"
+    )
+    broken = [
+        img["src"]
+        for img in report["images"]
+        if not (img["url"].startswith("file:") and img["complete"] and img["width"] > 0)
+    ]
+    assert not broken, f"{name}: images that are not local or did not load: {broken}"
+    if report["formulas"]:
+        assert report["mathjaxLoaded"], f"{name}: has math, but MathJax did not load"
+    assert not report["untypeset"], (
+        f"{name}: formulas MathJax did not typeset: {report['untypeset']}"
+    )
+    assert not report["texErrors"], f"{name}: TeX errors in formulas: {report['texErrors']}"
+
+    requested = [
+        e["params"]["request"]["url"]
+        for e in events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
+    external = [url for url in requested if not re.match(r"(file|data|blob|about):", url)]
+    assert not external, f"{name}: the page asked the network for {external}"
+    failed = [
+        e["params"].get("errorText") for e in events if e.get("method") == "Network.loadingFailed"
+    ]
+    assert not failed, f"{name}: {len(failed)} local files failed to load: {failed}"
+    js_errors = [
+        e["params"]["exceptionDetails"].get("exception", {}).get("description")
+        or e["params"]["exceptionDetails"].get("text")
+        for e in events
+        if e.get("method") == "Runtime.exceptionThrown"
+    ]
+    assert not js_errors, f"{name}: JavaScript errors: {js_errors}"
+
+
+class _ExternalAssets(HTMLParser):
+    """Collects the URLs of scripts, stylesheets, images and frames that are not local."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        url = None
+        if tag in ("script", "img", "iframe", "source", "video", "audio"):
+            url = attributes.get("src")
+        elif tag == "link" and attributes.get("rel") in ("stylesheet", "preload", "icon"):
+            url = attributes.get("href")
+        if url and re.match(r"(https?:)?//", url):
+            self.found.append(f"<{tag}> {url}")
+
+
+def test_built_html_loads_no_asset_from_a_cdn():
+    """Plain hyperlinks (the Colab launch link, the repository) may leave; assets may not."""
+    _require_built_book()
+    external = {}
+    for page in sorted(HTML.rglob("*.html")):
+        parser = _ExternalAssets()
+        parser.feed(page.read_text(encoding="utf-8"))
+        if parser.found:
+            external[str(page.relative_to(HTML))] = parser.found
+    assert not external, f"pages that load assets from the network: {external}"
