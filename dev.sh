@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # The repository's two commands (the README gives no others):
 #
-#   bash dev.sh book   set up .venv/, build the Jupyter Book into book/_build/html, run the demo
-#   bash dev.sh test   set up .venv/, lint, unit tests, nbval over the notebooks, jupytext pairing
+#   bash dev.sh book   set up .venv/, execute every chapter and build the Jupyter Book into
+#                      book/_build/html (warnings are errors), run the demo
+#   bash dev.sh test   set up .venv/, then: lint -> unit tests -> jupytext pairing -> nbval over
+#                      the notebooks -> the book built from the notebooks' committed outputs
+#                      (no execution) -> every page checked in headless Chromium
 #
 # Both create .venv/ on first use and reuse it afterwards. Everything runs through
 # .venv/bin/python -m ..., so nothing needs activating.
+#
+# `test` executes each chapter once (nbval, which also compares the outputs of the cells tagged
+# `nbval-check-output` with the committed ones); `book` executes each chapter once more to render
+# it. HCLIB_BOOK_SIZE=small|full (default small) sets the size of every experiment.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# Notebooks run on the python3 kernel of .venv/, even where another python3 kernelspec exists.
+export JUPYTER_PREFER_ENV_PATH=1
 
 PY=.venv/bin/python
 TORCH_VERSION=2.13.0
@@ -17,8 +27,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 usage() {
     cat >&2 <<'EOF'
-usage: bash dev.sh book   build the book (HTML lands in book/_build/html)
-       bash dev.sh test   lint, unit tests, and nbval over the notebooks
+usage: bash dev.sh book   execute every chapter and build the book (HTML in book/_build/html)
+       bash dev.sh test   lint, unit tests, nbval over the notebooks, the book from the
+                          committed outputs, and a headless-browser check of every page
 EOF
     exit 2
 }
@@ -70,12 +81,13 @@ FAILED=()
 
 # run NAME CMD...: run one step, remember it if it fails, and go on with the next one.
 run() {
-    local name=$1
+    local name=$1 start=$SECONDS
     shift
     step "$name"
     if ! "$@"; then
         FAILED+=("$name")
     fi
+    printf -- '--- %s: %ds\n' "$name" $((SECONDS - start))
 }
 
 # Every notebooks/*.py with a jupytext header has its .ipynb beside it, and converting that
@@ -108,19 +120,70 @@ check_jupytext_pairs() {
     return $status
 }
 
+# The book's HTML and the notebooks' execution by Jupyter Book: removed before every build, so
+# that Sphinx re-reads every page and reports every warning (an incremental build stays quiet
+# about pages it does not re-read). Screenshots of the render test stay.
+clean_book_build() {
+    rm -rf book/_build/html book/_build/.doctrees book/_build/jupyter_execute
+}
+
+# build_book [CONFIG]: jupyter-book build book/, warnings are errors.
+build_book() {
+    clean_book_build
+    # jupyter-book 1.x has no `python -m` entry point; its console script lives in .venv/bin.
+    .venv/bin/jupyter-book build book/ -n -W --keep-going ${1:+--config "$1"}
+}
+
+# A copy of book/_config.yml with execute_notebooks "off": the test command renders the outputs
+# committed in the .ipynb files (which nbval has just checked) instead of executing every chapter
+# a second time. Paths of local extensions are made absolute, because the copy lives in
+# book/_build/; everything else (references.bib, the toc) is read relative to book/ as usual.
+NO_EXECUTE_CONFIG=book/_build/_config.no-execute.yml
+WRITE_NO_EXECUTE_CONFIG='import sys
+from pathlib import Path
+import yaml
+book = Path("book").resolve()
+config = yaml.safe_load((book / "_config.yml").read_text())
+config["execute"]["execute_notebooks"] = "off"
+extensions = config.get("sphinx", {}).get("local_extensions") or {}
+for name, path in extensions.items():
+    extensions[name] = str((book / path).resolve())
+out = Path(sys.argv[1])
+out.parent.mkdir(parents=True, exist_ok=True)
+header = "# Written by `bash dev.sh test` from book/_config.yml; execute_notebooks is off.\n"
+out.write_text(header + yaml.safe_dump(config, sort_keys=False))'
+
+build_book_from_committed_outputs() {
+    "$PY" -c "$WRITE_NO_EXECUTE_CONFIG" "$NO_EXECUTE_CONFIG" && build_book "$NO_EXECUTE_CONFIG"
+}
+
 cmd_test() {
-    setup_venv dev
+    local start=$SECONDS
+    setup_venv dev,book
     run "ruff check" "$PY" -m ruff check .
     run "ruff format --check" "$PY" -m ruff format --check .
     # Serial on purpose: on 2 cores, torch's own threads make `-n 2` (pytest-xdist) slower.
-    run "pytest tests" "$PY" -m pytest tests -q
+    # The browser test of the built book (marker `book`) runs after the book build below.
+    run "pytest tests (unit)" "$PY" -m pytest tests -q -m "not book"
     if compgen -G 'notebooks/*.ipynb' >/dev/null; then
-        run "nbval over notebooks/" "$PY" -m pytest --nbval-lax notebooks/ -q
         run "jupytext pairing" check_jupytext_pairs
+        # --nbval-lax: run every cell, compare only the outputs of cells tagged
+        # nbval-check-output (after the sanitizing regexes of notebooks/nbval_sanitize.cfg).
+        run "nbval over notebooks/" "$PY" -m pytest notebooks/ -q -p no:cacheprovider \
+            --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+            --nbval-sanitize-with notebooks/nbval_sanitize.cfg
     else
-        step "nbval over notebooks/: no notebooks/*.ipynb yet, nothing to run"
         step "jupytext pairing: no notebooks/*.ipynb yet, nothing to check"
+        step "nbval over notebooks/: no notebooks/*.ipynb yet, nothing to run"
     fi
+    run "book from the committed outputs (no execution)" build_book_from_committed_outputs
+    if [[ " ${FAILED[*]} " == *" book from the committed outputs (no execution) "* ]]; then
+        step "browser render test: skipped, the book did not build"
+        FAILED+=("browser render test (not run)")
+    else
+        run "browser render test" "$PY" -m pytest tests/test_book_render.py -q -m book -rs
+    fi
+    printf '\nTotal: %ds\n' $((SECONDS - start))
     if ((${#FAILED[@]})); then
         printf '\nFAILED: %s\n' "${FAILED[@]}"
         exit 1
@@ -129,18 +192,17 @@ cmd_test() {
 }
 
 cmd_book() {
+    local start=$SECONDS
     setup_venv dev,book
-    step "jupyter-book build book/ (warnings are errors)"
-    # jupyter-book 1.x has no `python -m` entry point; its console script lives in .venv/bin.
-    # Sphinx builds incrementally: after editing references.bib or _config.yml, `rm -rf
-    # book/_build` first, or a warning in an unchanged page can go unreported.
-    .venv/bin/jupyter-book build book/ -n -W --keep-going
+    step "jupyter-book build book/: execute every chapter (warnings are errors)"
+    build_book
     if [[ -e hclib/__main__.py ]]; then
         step "python -m hclib"
         "$PY" -m hclib
     else
         step "python -m hclib: hclib/__main__.py does not exist yet, skipped"
     fi
+    printf '\nTotal: %ds\n' $((SECONDS - start))
     printf '\nThe book: %s/book/_build/html/index.html\n' "$PWD"
 }
 
