@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hclib.analysis import adjacent_cosine_similarity, branch_grad_norms, capture_branch_inputs
+from hclib.connection import Connection
 from hclib.optim import param_groups
 from hclib.streams import check_count
 
@@ -73,8 +74,13 @@ def train_toy(
     eval_every: int = 50,
     seed: int = 0,
     progress: bool = True,
+    connection_lr: float | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on ``data`` with AdamW (:func:`hclib.param_groups`) and cross-entropy.
+
+    Args:
+        connection_lr: if given, the learning rate of the connections' own parameters (the
+            HC/FC/mHC weights, not the branches they wrap); everything else uses ``lr``.
 
     Returns:
         ``{"step", "loss", "val_step", "val_loss", "val_acc"}``: the training loss at every
@@ -83,7 +89,7 @@ def train_toy(
     check_count(steps, "steps", "steps")
     check_count(batch_size, "batch_size", "samples")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    opt = torch.optim.AdamW(_optimizer_groups(model, weight_decay, connection_lr), lr=lr)
     history: dict[str, list[float]] = {
         k: [] for k in ("step", "loss", "val_step", "val_loss", "val_acc")
     }
@@ -108,6 +114,32 @@ def train_toy(
                 history["val_acc"].append((logits.argmax(-1) == data.y_val).float().mean().item())
             bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{history['val_acc'][-1]:.3f}")
     return history
+
+
+def _optimizer_groups(
+    model: nn.Module, weight_decay: float, connection_lr: float | None
+) -> list[dict]:
+    """:func:`hclib.param_groups`, with the connections' own parameters split off at
+    ``connection_lr`` when it is given."""
+    groups = param_groups(model, weight_decay)
+    if connection_lr is None:
+        return groups
+    if connection_lr <= 0:
+        raise ValueError(f"connection_lr must be > 0, got {connection_lr}")
+    own = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, Connection)
+        for p in module.parameters(recurse=False)
+    }
+    out = []
+    for group in groups:
+        for is_own in (False, True):
+            params = [p for p in group["params"] if (id(p) in own) == is_own]
+            if params:
+                extra = {"lr": connection_lr} if is_own else {}
+                out.append({"params": params, "weight_decay": group["weight_decay"], **extra})
+    return out
 
 
 def seesaw_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

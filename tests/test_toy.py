@@ -28,6 +28,21 @@ def test_training_on_the_toy_task_lowers_the_loss():
     assert sum(history["loss"][-10:]) < sum(history["loss"][:10])
 
 
+def test_connection_lr_trains_the_connection_weights_at_their_own_rate():
+    data = make_toy_data(512, 128)
+    torch.manual_seed(0)
+    model = DeepMLP(data.in_features, data.classes, dim=16, depth=3, connection="hc", n=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_toy(model, data, steps=5, lr=1e-3, connection_lr=1e-1, eval_every=5, progress=False)
+    after = model.state_dict()
+    # AdamW moves each entry by about lr per step: 5 steps of 1e-1 versus 5 steps of 1e-3
+    static = (after["layers.0.static_alpha"] - before["layers.0.static_alpha"]).abs().max()
+    branch = (after["layers.0.branch.1.weight"] - before["layers.0.branch.1.weight"]).abs().max()
+    assert static > 0.1 and branch < 0.01
+    with pytest.raises(ValueError, match="connection_lr must be > 0"):
+        train_toy(model, data, steps=1, connection_lr=0.0, progress=False)
+
+
 def test_seesaw_measures_have_one_value_per_layer_and_per_adjacent_pair():
     data = make_toy_data(256, 64)
     model = DeepMLP(data.in_features, data.classes, dim=16, depth=6)
