@@ -69,13 +69,13 @@ torch.set_num_threads(1)
 # discussion refers to where it says "full size".
 
 # %%
-DEPTH = scaled(small=32, full=32)  # blocks in the toy networks of Section 5.6
+DEPTH = scaled(small=32, full=32)  # blocks in the toy networks of the last section
 STEPS = scaled(small=150, full=1500)  # training steps per network
 BATCH = scaled(small=128, full=256)  # training batch size
 print(f"book size: {hclib.book.book_size()}, depth={DEPTH}, steps={STEPS}, batch={BATCH}")
 
 # %% [markdown]
-# ## 5.1 Splitting instead of widening
+# ## Splitting instead of widening
 #
 # HC turns the hidden state $h \in \mathbb{R}^d$ into a matrix by stacking $n$ copies of it.
 # FC turns it into a matrix by reshaping (FC Eq. 6):
@@ -107,7 +107,7 @@ print("elements carried: residual", h.numel(), "| FC", H_fc.numel(), "| HC", H_h
 # residual stream does, where HC's has $n d$.
 
 # %% [markdown]
-# ## 5.2 The FC matrix
+# ## The FC matrix
 #
 # An FC layer is described by one matrix of shape $(m+1) \times 2m$ (FC Eq. 7):
 #
@@ -122,8 +122,8 @@ print("elements carried: residual", h.numel(), "| FC", H_fc.numel(), "| HC", H_h
 # state (HC's $A_r$) and $B$ weights what the layer writes back (HC's $B$). The read-out
 # changes: HC's single column $A_m$ collapses $n$ streams into one $d$-vector, whereas FC's
 # $Y$ is a full $m \times m$ matrix, because the branch input must again be $d$ wide and is
-# assembled from $m$ mixed fractions. Here is the matrix FC starts from (Section 5.4 explains
-# why), for $m = 4$:
+# assembled from $m$ mixed fractions. Here is the matrix FC starts from (the section on
+# initialisation explains why), for $m = 4$:
 
 # %% tags=["nbval-check-output"]
 fc = hclib.FracConnection(d, nn.Identity(), m=4, dynamic=False)
@@ -135,7 +135,7 @@ print("static parameters per layer: FC m=4:", 4 * (2 * 4 + 1), "| HC n=4:", 4 * 
 # a few dozen numbers per layer either way. Memory, not parameters, is what FC saves.
 
 # %% [markdown]
-# ## 5.3 The forward pass, from scratch
+# ## The forward pass, from scratch
 #
 # With $H^{k-1}$ the state entering layer $k$ and $T^k$ its branch (attention or feed-forward,
 # with its own pre-norm), FC Eq. 8 and Algorithm 1 compute
@@ -203,7 +203,7 @@ torch.testing.assert_close(out_fc, out_hc, rtol=1e-12, atol=1e-12)
 print("FC with m=1 equals HC with n=1:", True)
 
 # %% [markdown]
-# ## 5.4 At initialisation, FC is Pre-Norm exactly
+# ## At initialisation, FC is Pre-Norm exactly
 #
 # FC Eq. 15 initialises every layer with $Y = A = I$, $B = \mathbf{1}$ and the dynamic
 # projections at zero (so the dynamic terms $s \tanh(\cdot)$ of FC Eqs. 12-14 vanish). Put these
@@ -248,7 +248,7 @@ print("HC sum of streams / n == Pre-Norm state:", True)
 # streams is exactly $n = 4$ times the Pre-Norm state, as expected.
 
 # %% [markdown]
-# ## 5.5 Memory: what the carried state costs
+# ## Memory: what the carried state costs
 #
 # FC's reason to exist is memory, and the paper argues it by width alone: the state has $d$
 # features instead of HC's $n d$ (it gives no measurement). Let us measure two things.
@@ -385,7 +385,7 @@ print("Pre-Norm: ", f"{mem['residual']:.1f}")
 # passed between layers, and there FC keeps $d$ where HC needs $n d$.
 
 # %% [markdown]
-# ## 5.6 Do fractions diversify the layers?
+# ## Do fractions diversify the layers?
 #
 # The seesaw of Chapter 1: in a deep Pre-Norm network, consecutive layers see almost the same
 # input (their cosine similarity approaches 1), so the deeper layers add little. HC fights this
@@ -396,8 +396,9 @@ print("Pre-Norm: ", f"{mem['residual']:.1f}")
 #
 # We run the same measurement on the toy task: three `DeepMLP`s of the same width and depth,
 # joined by the Pre-Norm residual, dynamic FC with $m = 4$ and dynamic HC with $n = 4$, trained
-# with the same data, seed and optimiser. Before training, Section 5.4 tells us what to expect:
-# all three compute the same function, so their layer inputs, and the similarities, agree.
+# with the same data, seed and optimiser. Before training, the initialisation section tells us
+# what to expect: all three compute the same function, so their layer inputs, and the
+# similarities, agree.
 
 # %%
 data = make_toy_data()
@@ -508,14 +509,14 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 # $n = 4$, $d = 2048$, $L = 32$ connection modules (16 transformer blocks, two modules each) and
 # $s b = 16\,384$ tokens per device, stored in bfloat16. How many GiB does HC add per device?
 # What does the same estimate give for FC, whose state is $d$ wide, and why is FC's extra not
-# zero in Section 5.5's measurement?
+# zero in this chapter's measurement?
 # ```
 #
 # ```{solution} ex-05-memory
 # :class: dropdown
 # $2 \cdot 4 \cdot 16\,384 \cdot 2048 \cdot 32 = 8\,589\,934\,592$ elements, times 2 bytes,
 # is exactly 16 GiB per device. Counting the same two tensors (the state and the mixed state)
-# for FC gives $2\, s b d L$, a quarter of that, 4 GiB, for any $m$. Section 5.5 measures more
+# for FC gives $2\, s b d L$, a quarter of that, 4 GiB, for any $m$. Our measurement gives more
 # than zero for FC because its branch input is a *new* tensor ($\operatorname{concat}(Y^\top H)$,
 # not the state itself) and the gradients of $Y$, $A$ and $B$ need the state and the branch
 # output; the Pre-Norm residual needs none of these, since its weights are fixed at 1.
@@ -532,9 +533,11 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 # ```{solution} ex-05-permutation
 # :class: dropdown
 # $h_0 = \operatorname{concat}(Y^\top H) = P h$ for the permutation $P$ that moves whole
-# fractions. LayerNorm commutes with permutations (mean and variance do not depend on the order),
-# and $W P$ is just another Linear layer, so the branch computes $T'(h)$ with $T'$ having weight
-# $W P$: a Pre-Norm layer $h + T'(h)$ in disguise (the write-in is unchanged). The cosine
+# fractions. LayerNorm commutes with permutations once its gain and bias are permuted with the
+# features (mean and variance do not depend on the order): $\operatorname{LN}(P h) =
+# P\,\operatorname{LN}'(h)$. And $W P$ is just another Linear layer, so the branch computes
+# $T'(h)$ with the permuted norm and weight $W P$: a Pre-Norm layer $h + T'(h)$ in disguise (the
+# write-in is unchanged). The cosine
 # similarity between $P h$ and the next layer's input does change, since the vectors are
 # compared feature by feature, but nothing the network can compute changes. Diversity in the
 # measurement is not automatically capacity.

@@ -62,19 +62,19 @@ use_book_style()
 torch.set_num_threads(1)
 
 # %% [markdown]
-# Section 6.7 trains two small networks, and mHC is slow on a CPU (twenty Sinkhorn-Knopp
+# The last section trains two small networks, and mHC is slow on a CPU (twenty Sinkhorn-Knopp
 # iterations per layer, each a handful of tiny operations, in the forward and the backward pass).
 # The default sizes keep the chapter near a minute on two CPU cores; set
 # `HCLIB_BOOK_SIZE=full` before starting Jupyter for the deeper, longer run.
 
 # %%
-DEPTH = scaled(small=16, full=32)  # blocks of the toy networks in Section 6.7
+DEPTH = scaled(small=16, full=32)  # blocks of the toy networks in the last section
 STEPS = scaled(small=150, full=1000)  # training steps
 BATCH = scaled(small=128, full=256)  # training batch size
 print(f"book size: {hclib.book.book_size()}, depth={DEPTH}, steps={STEPS}, batch={BATCH}")
 
 # %% [markdown]
-# ## 6.1 Why products of mixing matrices can explode
+# ## Why products of mixing matrices can explode
 #
 # In the mHC paper's notation a hyper-connection layer maps the $n$ streams
 # $x_l \in \mathbb{R}^{n\times d}$ to
@@ -135,7 +135,7 @@ def composite_gains(res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 torch.manual_seed(0)
 n, L, draws = 4, 60, 200
 eye = torch.eye(n, dtype=torch.float64)
-G = torch.randn(draws, L, n, n, dtype=torch.float64)  # reused in Section 6.7
+G = torch.randn(draws, L, n, n, dtype=torch.float64)  # reused in the last section
 SIGMAS = (0.02, 0.05, 0.1)
 hc_random = {s: composite_gains(eye + s * G) for s in SIGMAS}
 
@@ -186,12 +186,12 @@ print(f"a steady 14% excess per layer, 1.14^60 = {1.14**60:.0f}")
 # with a loss surge and a gradient-norm spike around 12k training steps.
 
 # %% [markdown]
-# ## 6.2 Sinkhorn-Knopp, from scratch
+# ## Sinkhorn-Knopp, from scratch
 #
 # mHC's fix is to let $H^{\mathrm{res}}$ be learned freely but to *project* it, in every layer and
 # for every token, onto the set of **doubly stochastic** matrices (mHC Eq. 6): non-negative
 # entries, every row and every column summing to 1. Row sums of 1 make the forward gain 1,
-# column sums of 1 make the backward gain 1, and, as Section 6.4 shows, products keep both.
+# column sums of 1 make the backward gain 1, and, as shown two sections below, products keep both.
 #
 # How do we turn an arbitrary real matrix $\tilde H$ into a doubly stochastic one,
 # differentiably? Two steps (mHC Eqs. 8-9).
@@ -238,7 +238,7 @@ print("                   log form finite:   ", bool(hclib.sinkhorn_knopp(far).i
 # $0$ by $0$. In the log domain nothing underflows until the very last $\exp$.
 
 # %% [markdown]
-# ## 6.3 How fast does it converge?
+# ## How fast does it converge?
 #
 # Because $\mathcal{T}_r$ comes last, every row of $M^{(t)}$ sums to 1 after every iteration, up
 # to rounding: the last thing the algorithm did was divide each row by its sum. The columns are
@@ -309,13 +309,13 @@ for s in SCALES:
 # which are exact by construction; the backward gain reads column sums, which are not.
 
 # %% [markdown]
-# ## 6.4 Doubly stochastic matrices are closed under products
+# ## Doubly stochastic matrices are closed under products
 #
 # Let $P$ and $Q$ be doubly stochastic, and $\mathbf 1$ the all-ones vector. Then
 # $(PQ)\mathbf 1 = P(Q\mathbf 1) = P\mathbf 1 = \mathbf 1$ and
 # $\mathbf 1^\top PQ = \mathbf 1^\top Q = \mathbf 1^\top$, and $PQ$ is non-negative: the product is
-# doubly stochastic again. So the composite mapping of Section 6.1 stays doubly stochastic at any
-# depth, and both of its Amax gains are exactly 1. It also cannot stretch any vector: the
+# doubly stochastic again. So the composite mapping of the first section stays doubly stochastic
+# at any depth, and both of its Amax gains are exactly 1. It also cannot stretch any vector: the
 # spectral norm obeys $\|M\|_2^2 \le \|M\|_1 \|M\|_\infty$ (largest column sum times largest row
 # sum) $= 1$, and $M\mathbf 1 = \mathbf 1$ shows the bound is attained, so $\|M\|_2 = 1$.
 #
@@ -353,7 +353,7 @@ print(
 # rows, whose column sums are pinned by the exact row sums.
 
 # %% [markdown]
-# ## 6.5 The mHC layer, from scratch
+# ## The mHC layer, from scratch
 #
 # mHC keeps HC's three mappings but changes how they are computed (mHC Eqs. 7-8). For one token
 # with streams $x_l \in \mathbb{R}^{n\times d}$:
@@ -426,7 +426,7 @@ print("H_post in (0, 2):", bool(((maps.post > 0) & (maps.post < 2)).all()))
 print("H_res rows sum to 1:", bool(torch.allclose(maps.res.sum(-1), torch.ones(3, 5, n).double())))
 
 # %% [markdown]
-# ## 6.6 Initialisation: our choice
+# ## Initialisation: our choice
 #
 # The mHC paper gives the initial gates $\alpha = 0.01$ but not the initial biases $b$ or
 # projections $\varphi$. HC's recipe cannot be copied: $H^{\mathrm{res}} = I$ would need logits
@@ -502,11 +502,11 @@ def stream_spread(pre_init: float, steps: int = 20) -> float:
     )
     opt = torch.optim.SGD(layers.parameters(), lr=0.1)
     x0, target = torch.randn(64, d), torch.randn(64, d)
-    for _ in range(steps + 1):
+    for step in range(steps + 1):
         x = hclib.expand_streams(x0, n)
         for layer in layers:
             x = layer(x)
-        if _ == steps:
+        if step == steps:
             return (x - x[..., :1, :]).abs().max().item()
         loss = (hclib.reduce_streams(x) - target).pow(2).mean()
         opt.zero_grad()
@@ -520,10 +520,10 @@ print("even read-out (1/n): streams still copies after 20 steps:", stream_spread
 print("our read-out (0.9):  streams still copies after 20 steps:", stream_spread(0.9) < 1e-4)
 
 # %% [markdown]
-# ## 6.7 mHC against HC on the gain measure
+# ## mHC against HC on the gain measure
 #
 # **(a) Random perturbations.** Perturb both kinds of layer with the same Gaussian matrices $G$
-# of Section 6.1: HC's mixing matrix becomes $I + \sigma G$ with $\sigma = 0.1$, mHC's becomes
+# of the first section: HC's mixing matrix becomes $I + \sigma G$ with $\sigma = 0.1$, mHC's becomes
 # $\operatorname{SK}(b^{\mathrm{res}} + G)$, a perturbation of its logits by $G$ itself. To
 # compare sizes we measure how far each perturbed matrix moves from its initial value (mean
 # absolute change of an entry).
@@ -683,7 +683,7 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
 # stay at 1 by construction. The magnitude does not: HC's composite gains here stay within a
 # small factor of 1, three orders of magnitude below the paper's 27B model, and nothing in our
 # toy training diverges. Explosions need depth, long training and the feedback between growing
-# activations and growing updates that a large language model provides; Section 6.1's
+# activations and growing updates that a large language model provides; The first section's
 # arithmetic shows how a consistent excess of a few per cent per layer would get there. Both
 # networks learn the toy task equally well, so on this evidence the constraint costs nothing in
 # accuracy; whether it pays at scale is the paper's claim, not ours.
