@@ -317,7 +317,8 @@ for label, meas in (("init", measures0), ("trained", measures)):
 # %% [markdown]
 # Why does Pre-Norm collapse? Its state is a running sum, $h_k = h_0 + \sum_{j<k} T_j$, and
 # each branch sees only a normalised copy, so every $T_j$ has roughly the same size. The state
-# therefore grows like $\sqrt{k}$ while each new term stays of order one. If the new term
+# therefore keeps growing (like $\sqrt{k}$ if the terms were independent) while each new term
+# stays of order one. If the new term
 # $T_k$ is roughly orthogonal to $h_k$,
 #
 # $$
@@ -527,8 +528,8 @@ for label, m, g_state in (("init", models0, grads0), ("trained", models, grads))
 # from the encoder, not from $h_k$; attention in general mixes in other tokens; biases and
 # other input-independent terms can grow during training. {cite:t}`xiong2020layernorm` show at
 # initialisation that Post-LN's gradient norm grows with the layer index in a Transformer, and
-# Liu et al. (2020, arXiv 2004.08249) report that in a Post-LN Transformer the gradient
-# vanishes in the decoder but not in the encoder.
+# Liu et al. (2020, arXiv 2004.08249) report gradient vanishing in the decoder of a Post-LN
+# Transformer, but not in its encoder.
 #
 # The simplest stand-in for such a term in our toy network is a fixed random vector $c_k$
 # added to every branch output, $T_k(h) + c_k$ with $c_k \sim \mathcal{N}(0, s^2 I)$. It adds
@@ -677,7 +678,8 @@ plt.show()
 # $\sigma^2 = \operatorname{var}(h + T) = 1 + v$, so $\sigma = \sqrt{1.25} \approx 1.118$.
 # Over 32 blocks the skip path is multiplied by $1.25^{-16} \approx 0.028$. A branch such as
 # `lambda h: 0.5 * torch.randn_like(h)` has exactly this variance and a zero Jacobian, so the
-# whole gradient then shrinks by this factor: it is the pure-offset limit of Figure 1.3.
+# whole gradient then shrinks by about this factor (the LayerNorm's projection removes a
+# little more): it is the pure-offset limit of Figure 1.3.
 # ```
 #
 # ```{exercise} A two-layer feed-forward branch
