@@ -267,10 +267,11 @@ for kind, rate in (("residual", 1), ("fc", 4), ("hc", 4)):
 # %% [markdown]
 # That is one copy of the state. Training keeps far more: every operation that needs its input
 # for the backward pass saves it, and all of those saved tensors stay alive until the backward
-# pass reaches them. HC's Appendix B estimates that HC adds $2 n\, s b d L$ elements of
-# activation memory to a transformer (sequence length $s$, batch $b$, $L$ modules), i.e.
-# $2n$ vectors of width $d$ per token and per layer: roughly the state $H$ and the mixed state
-# $A_r^\top H$.
+# pass reaches them. HC's Appendix B estimates HC's extra activation memory as
+# $2 n\, s b d L$, added to Korthikanti et al.'s formula for a transformer of $L$ layers
+# (sequence length $s$, batch $b$). A transformer layer holds two HC modules (attention and
+# feed-forward), so per token this is $n$ vectors of width $d$ per module, one copy of the
+# $n$-stream state. The appendix does not itemise which tensors it counts, so we measure.
 #
 # **What autograd saves.** `torch.autograd.graph.saved_tensors_hooks` lets us watch every tensor
 # autograd stores during a forward pass. The hook below records the storage behind each one:
@@ -320,7 +321,7 @@ base = saved_activations("residual", 1, True)
 for kind, label in (("residual", "Pre-Norm"), ("fc", "FC m=4"), ("hc", "HC n=4")):
     s, dyn = saved_activations(kind, 4, False), saved_activations(kind, 4, True)
     print(f"{label:16s} {s:7.1f} {dyn:8.1f}   {dyn - base:+.1f}")
-print("HC Appendix B estimate of HC's extra, 2n:", 2 * 4)
+print("HC Appendix B estimate of HC's extra per module, n:", 4)
 
 # %% [markdown]
 # The Pre-Norm block saves three vectors per token: the inputs of its LayerNorm, its Linear
@@ -329,8 +330,10 @@ print("HC Appendix B estimate of HC's extra, 2n:", 2 * 4)
 # stay alive; the gradient of $(A_m\;A_r)$ needs the state $H$ ($n$ rows); the gradient of $B$
 # needs the branch output (one row); the Linear layer and the GELU keep their inputs as in
 # Pre-Norm (two rows). Dynamic HC adds the normalised state $\bar H$ that feeds its projections,
-# $n$ more rows: $3n + 4$ in all, about 16 for $n = 4$, which is $3n + 1$ more than Pre-Norm where
-# the paper's estimate, counting only the state and the mixed state, says $2n$. FC keeps the same
+# $n$ more rows: $3n + 4$ in all, about 16 for $n = 4$. That is $3n + 1$ more than Pre-Norm, about
+# three times the paper's estimate of $n$ per module: a straightforward implementation keeps the
+# state, the mixed state and more, where an implementation tuned for memory would recompute
+# them (as mHC does, Chapter 6). FC keeps the same
 # kinds of tensors, but none grows with $m$: the product $(Y\;A)^\top H$ holds $2m$ fractions,
 # i.e. two $d$-vectors, and the state, the branch output and the Linear and GELU inputs one each:
 # 6 vectors static; the normalised state makes 7 dynamic, plus the per-token weights themselves
@@ -350,10 +353,10 @@ ax.plot(rates, mem["hc"], "o-", color=color("hc"), label="HC, n streams (dynamic
 ax.plot(rates, mem["fc"], "s-", color=color("fc"), label="FC, m fractions (dynamic)")
 ax.plot(
     rates,
-    [mem["residual"] + 2 * r for r in rates],
+    [mem["residual"] + r for r in rates],
     ":",
     color=color("hc"),
-    label="Pre-Norm + 2n (HC Appendix B)",
+    label="Pre-Norm + n (HC Appendix B)",
 )
 ax.set_xscale("log", base=2)
 ax.set_xticks(rates, [str(r) for r in rates])
@@ -366,10 +369,11 @@ plt.show()
 # %% [markdown]
 # **Figure 5.1.** Activation memory that autograd keeps for the backward pass, measured with
 # saved-tensor hooks over an 8-layer stack of the toy blocks ($d = 256$, float32), in units of one
-# $d$-wide vector per token and layer. HC (blue) grows linearly with $n$, a little faster than
-# the paper's $2n$ estimate (dotted) because our reference implementation also keeps the
-# normalised state and the branch output; FC (green) stays a few vectors above Pre-Norm for
-# every $m$. At $n = m = 1$ the two are the same layer and cost the same.
+# $d$-wide vector per token and layer. HC (blue) grows linearly with $n$, about three times as
+# fast as the paper's estimate of $n$ per module (dotted), because our reference implementation
+# keeps the state, the mixed state, the normalised state and the branch output; FC (green) stays
+# a few vectors above Pre-Norm for every $m$. At $n = m = 1$ the two are the same layer and cost
+# the same.
 
 # %% tags=["nbval-check-output"]
 print("rate:     ", rates)
@@ -505,18 +509,20 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 #
 # ```{exercise} HC's activation memory at OLMo scale
 # :label: ex-05-memory
-# HC's Appendix B estimates HC's extra activation memory as $2 n\, s b d L$ elements. Take
-# $n = 4$, $d = 2048$, $L = 32$ connection modules (16 transformer blocks, two modules each) and
-# $s b = 16\,384$ tokens per device, stored in bfloat16. How many GiB does HC add per device?
-# What does the same estimate give for FC, whose state is $d$ wide, and why is FC's extra not
-# zero in this chapter's measurement?
+# HC's Appendix B estimates HC's extra activation memory as $2 n\, s b d L$ for $L$ transformer
+# layers. Take OLMo-1B's shape, $n = 4$, $d = 2048$, $L = 16$, with $s b = 16\,384$ tokens per
+# device, and count elements stored in bfloat16. How many GiB does HC add per device? (HC's
+# Table 9 reports a measured growth from 41.11 GB to 51.86 GB for DHC×4 at this micro-batch.) What
+# does the same accounting give for FC, whose state is $d$ wide, and why is FC's extra not zero in
+# this chapter's measurement?
 # ```
 #
 # ```{solution} ex-05-memory
 # :class: dropdown
-# $2 \cdot 4 \cdot 16\,384 \cdot 2048 \cdot 32 = 8\,589\,934\,592$ elements, times 2 bytes,
-# is exactly 16 GiB per device. Counting the same two tensors (the state and the mixed state)
-# for FC gives $2\, s b d L$, a quarter of that, 4 GiB, for any $m$. Our measurement gives more
+# $2 \cdot 4 \cdot 16\,384 \cdot 2048 \cdot 16 = 4\,294\,967\,296$ elements, times 2 bytes,
+# is exactly 8 GiB (8.6 GB) per device, somewhat less than the 10.75 GB the table measures.
+# The same accounting with a $d$-wide state, i.e. $n$ replaced by 1, gives FC a quarter of that,
+# 2 GiB, for any $m$. Our measurement gives more
 # than zero for FC because its branch input is a *new* tensor ($\operatorname{concat}(Y^\top H)$,
 # not the state itself) and the gradients of $Y$, $A$ and $B$ need the state and the branch
 # output; the Pre-Norm residual needs none of these, since its weights are fixed at 1.

@@ -430,8 +430,8 @@ print("H_res rows sum to 1:", bool(torch.allclose(maps.res.sum(-1), torch.ones(3
 #
 # The mHC paper gives the initial gates $\alpha = 0.01$ but not the initial biases $b$ or
 # projections $\varphi$. HC's recipe cannot be copied: $H^{\mathrm{res}} = I$ would need logits
-# of $-\infty$ off the diagonal, and a one-hot $H^{\mathrm{pre}}$ would need $\sigma = 0$ and
-# $\sigma = 1$. `hclib` chooses (see the docstring of `ManifoldHyperConnection`):
+# of $-\infty$ off the diagonal, and a one-hot $H^{\mathrm{pre}}$ would need infinite logits as
+# well. `hclib` chooses (see the docstring of `ManifoldHyperConnection`):
 #
 # - $\varphi = 0$, as HC's dynamic projections: at initialisation the mappings are
 #   $\sigma(b^{\mathrm{pre}})$, $2\sigma(b^{\mathrm{post}})$ and
@@ -447,9 +447,10 @@ print("H_res rows sum to 1:", bool(torch.allclose(maps.res.sum(-1), torch.ones(3
 # $x = (h, \dots, h)$. A read-out whose weights sum to 1 gives $H^{\mathrm{pre}} x = h$; a mixing
 # matrix whose rows sum to 1 maps equal streams to the same equal streams; and the write-in adds
 # $1 \cdot \mathcal{F}(h)$ to each. So every stream carries $h + \mathcal{F}(h)$, the Pre-Norm
-# state, after every layer, however far $H^{\mathrm{res}}$ is from the identity. Let us check
-# it in float64 (modules created in float64, so that the biases are not rounded to float32
-# first).
+# state, after every layer, however far $H^{\mathrm{res}}$ is from the identity (and, as in HC,
+# the final sum of the streams is $n$ times the Pre-Norm state, a factor the final norm removes).
+# Let us check it in float64 (modules created in float64, so that the biases are not rounded to
+# float32 first).
 
 # %% tags=["nbval-check-output"]
 torch.manual_seed(5)
@@ -677,13 +678,13 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
     )
 
 # %% [markdown]
-# **What reproduces at this scale, and what does not.** The mechanism does: after a few hundred
-# steps on a 16-layer toy network, HC's mixing matrices already move away from gain 1, some of
+# **What reproduces at this scale, and what does not.** The mechanism does: after a short training
+# run on a small toy network, HC's mixing matrices already move away from gain 1, some of
 # them by a quarter, and the composite products carry that drift through the network; mHC's
 # stay at 1 by construction. The magnitude does not: HC's composite gains here stay within a
 # small factor of 1, three orders of magnitude below the paper's 27B model, and nothing in our
 # toy training diverges. Explosions need depth, long training and the feedback between growing
-# activations and growing updates that a large language model provides; The first section's
+# activations and growing updates that a large language model provides. The first section's
 # arithmetic shows how a consistent excess of a few per cent per layer would get there. Both
 # networks learn the toy task equally well, so on this evidence the constraint costs nothing in
 # accuracy; whether it pays at scale is the paper's claim, not ours.
@@ -694,8 +695,8 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
 # - A hyper-connection's stream mixing $H^{\mathrm{res}}$ enters a deep network as a product over
 #   layers (mHC Eq. 4). Its Amax gains (largest absolute row and column sums) measure how much
 #   that product can amplify signals and gradients; random near-identity matrices already
-#   compound with depth, and a steady 14% excess per layer reaches the ~3000 that the mHC paper
-#   reports for HC at 27B.
+#   compound with depth, and a steady 14% excess per layer reaches about 2600, the order of the
+#   ~3000 that the mHC paper reports for HC at 27B.
 # - Sinkhorn-Knopp (mHC Eqs. 8-9) makes a doubly stochastic matrix from any logits: exponentiate,
 #   then alternately normalise columns and rows. Our version equals `hclib.sinkhorn_knopp`.
 #   Because rows are normalised last they are exact after every iteration; the column error
