@@ -314,22 +314,28 @@ states = layer_states(model, data.x_val)
 with torch.no_grad():
     maps = [layer.mappings(H) for layer, H in zip(model.layers, states, strict=True)]
 
-# %% tags=["nbval-check-output"]
-print(f"validation accuracy after {STEPS} steps: {history['val_acc'][-1]:.2f}")
+# %%
+print(f"validation accuracy after {STEPS} steps: {history['val_acc'][-1]:.3f}  (chance: 1/8)")
 s_alpha = torch.tensor([layer.alpha_scale.item() for layer in model.layers])
 s_beta = torch.tensor([layer.beta_scale.item() for layer in model.layers])
 print("|s_alpha| per layer:", [f"{abs(s):.2f}" for s in s_alpha.tolist()])
 print("|s_beta|  per layer:", [f"{abs(s):.2f}" for s in s_beta.tolist()])
-print(
-    "every scale grew beyond its initial 0.01:",
-    bool((s_alpha.abs() > 0.01).all() and (s_beta.abs() > 0.01).all()),
-)
 
 # %% [markdown]
-# The scales grew well beyond 0.01 in every layer: the model chose to use the dynamic
-# part. To see what it does, we subtract each matrix's static part and plot, for three layers,
-# the distribution over the 2,048 validation tokens of the *dynamic part* of every entry. The
-# dashed lines are $\pm|s|$, the bound that the `tanh` enforces.
+# The exact values depend on the machine (training amplifies the tiny rounding differences
+# between CPUs and thread counts), so the checked cell below states only what the text relies
+# on:
+
+# %% tags=["nbval-check-output"]
+print("validation accuracy above 0.6 (chance 0.125):", history["val_acc"][-1] > 0.6)
+grew = bool((s_alpha.abs() > 0.01).all() and (s_beta.abs() > 0.01).all())
+print("every scale grew beyond its initial 0.01:", grew)
+
+# %% [markdown]
+# The scales grew beyond 0.01 in every layer (the listing above shows by how much): the model
+# chose to use the dynamic part. To see what it does, we subtract each matrix's static part and
+# plot, for three layers, the distribution over the validation tokens of the *dynamic part* of
+# every entry. The dashed lines are $\pm|s|$, the bound that the `tanh` enforces.
 
 # %%
 SHOW = [0, DEPTH // 2, DEPTH - 1]
@@ -394,7 +400,7 @@ plt.show()
 # layer, the standard deviation over tokens of each kind of entry, averaged over the entries,
 # next to the static part's typical size.
 
-# %% tags=["nbval-check-output"]
+# %%
 print("layer  std(A_m)  std(B)  std(A_r)   |static B| mean")
 for k, (pre, post, res) in enumerate(maps):
     static_b = model.layers[k].static_beta.detach().abs().mean().item()
@@ -403,11 +409,17 @@ for k, (pre, post, res) in enumerate(maps):
         f"{res.std(0).mean():>8.3f}   {static_b:>8.2f}"
     )
 
+# %% tags=["nbval-check-output"]
+stds = torch.stack([torch.stack([m.std(0).mean() for m in layer_maps]) for layer_maps in maps])
+static_b = torch.stack([layer.static_beta.detach().mean() for layer in model.layers])
+print("every per-token std between 0.01 and 0.2:", bool((stds > 0.01).all() and (stds < 0.2).all()))
+print("static B of every layer between 0.8 and 1.2:", bool(((static_b - 1).abs() < 0.2).all()))
+
 # %% [markdown]
-# In this small model the per-token variation is a few hundredths for $A_m$ and $A_r$ and up to
-# about a tenth for $B$, small against the static parts (the static $B$ stays near its initial
-# ones): the dynamic part *modulates* a shared matrix rather than replacing it. The HC paper
-# makes a related observation on its vision model (HC Figure 12): there the write weights $B$
+# In this small model the per-token standard deviations lie between a hundredth and a fifth,
+# small against the static parts (the static $B$ stays near its initial ones): the dynamic
+# part *modulates* a shared matrix rather than replacing it. The HC paper makes a related
+# observation on its vision model (HC Figure 12): there the write weights $B$
 # are similar for images of one class and differ between classes. Our toy task has no such
 # structure to find, so we do not read more into the particular entries.
 
