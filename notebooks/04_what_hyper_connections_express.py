@@ -673,8 +673,8 @@ plt.show()
 # * the embedding is *not* removed from the output: it still reaches the output with a large
 #   weight, whereas OLMo-1B-DHC×4 learns to cancel it there (HC Section 4.5);
 # * the pattern takes training to appear: with fewer steps (try `STEPS = 400`) the layers
-#   next to the diagonal still weigh *less* than the middle ones, and only the bottom arm of
-#   the Λ is there.
+#   next to the diagonal weigh no more than the middle ones, and only the bottom arm of the
+#   Λ is there.
 #
 # Our model also cannot show the paper's other findings that depend on a transformer (attention
 # and FFN layers behaving differently) or on reading the streams separately (HC Eqs. 28-29:
@@ -769,5 +769,6 @@ plt.show()
 # of slot $i$ goes into slot $j$), with $A_m = \mathbf 1$ and $B = (1, 0)$ as before. After
 # the odd layer slot 1 holds $T_a(x)$ and slot 2 holds $x$; the even layer (Eq. 19) reads
 # slot 2 and adds $T_b(x)$ there, and the sum of the slots is
-# $x + T_a(x) + T_b(x)$. The unfolded weights are then all 0 or 1.
+# $x + T_a(x) + T_b(x)$. The unfolded weights are then 0 or 1,
+# except the embedding's column, which stays 2 (the embedding enters as two copies).
 # ```
