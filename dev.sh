@@ -169,9 +169,10 @@ cmd_test() {
         run "jupytext pairing" check_jupytext_pairs
         # --nbval-lax: run every cell, compare only the outputs of cells tagged
         # nbval-check-output (after the sanitizing regexes of notebooks/nbval_sanitize.cfg).
+        # --durations: the slowest cells, to keep an eye on CI's time budget.
         run "nbval over notebooks/" "$PY" -m pytest notebooks/ -q -p no:cacheprovider \
             --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
-            --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+            --nbval-sanitize-with notebooks/nbval_sanitize.cfg --durations=10
     else
         step "jupytext pairing: no notebooks/*.ipynb yet, nothing to check"
         step "nbval over notebooks/: no notebooks/*.ipynb yet, nothing to run"
