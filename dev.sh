@@ -169,8 +169,11 @@ cmd_test() {
         run "jupytext pairing" check_jupytext_pairs
         # --nbval-lax: run every cell, compare only the outputs of cells tagged
         # nbval-check-output (after the sanitizing regexes of notebooks/nbval_sanitize.cfg).
-        # --durations: the slowest cells, to keep an eye on CI's time budget.
+        # Two notebooks at a time (-n 2; --dist loadscope keeps each notebook's cells on one
+        # worker and kernel): the chapters use one torch thread each, and this halves the
+        # longest step on CI's 2 cores. --durations: the slowest cells, for CI's time budget.
         run "nbval over notebooks/" "$PY" -m pytest notebooks/ -q -p no:cacheprovider \
+            -n 2 --dist loadscope \
             --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
             --nbval-sanitize-with notebooks/nbval_sanitize.cfg --durations=10
     else
