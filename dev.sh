@@ -170,7 +170,7 @@ cmd_test() {
         # --nbval-lax: run every cell, compare only the outputs of cells tagged
         # nbval-check-output (after the sanitizing regexes of notebooks/nbval_sanitize.cfg).
         # Two notebooks at a time (-n 2; --dist loadscope keeps each notebook's cells on one
-        # worker and kernel): the chapters use one torch thread each, and this halves the
+        # worker and kernel): most chapters use one torch thread, and this nearly halves the
         # longest step on CI's 2 cores. --durations: the slowest cells, for CI's time budget.
         run "nbval over notebooks/" "$PY" -m pytest notebooks/ -q -p no:cacheprovider \
             -n 2 --dist loadscope \
