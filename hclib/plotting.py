@@ -12,11 +12,11 @@ __all__ = ["PALETTE", "color", "use_book_style"]
 
 PALETTE: dict[str, str] = {
     "pre-norm": "#D55E00",  # vermilion: the Pre-Norm residual (HC Figure 3's red)
-    "post-norm": "#E69F00",  # orange
+    "post-norm": "#000000",  # black: far from Pre-Norm's vermilion
     "hc": "#0072B2",  # blue: hyper-connections (HC Figure 3's blue)
     "fc": "#009E73",  # green: frac-connections
     "mhc": "#CC79A7",  # purple: manifold-constrained HC
-    "reference": "#000000",
+    "reference": "#999999",  # grey
     "other": "#56B4E9",  # sky blue
 }
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
 from hclib.analysis import adjacent_cosine_similarity, branch_grad_norms, capture_branch_inputs
 from hclib.connection import Connection

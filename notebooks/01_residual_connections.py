@@ -15,7 +15,7 @@
 # ---
 
 # %% [markdown]
-# # 1. Residual connections and their seesaw
+# # Residual connections and their seesaw
 #
 # *Goal: see why deep networks add each layer's output to its input, write the two places a
 # norm can go (Pre-Norm and Post-Norm), and measure the price each one pays on a deep toy

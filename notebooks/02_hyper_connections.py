@@ -15,7 +15,7 @@
 # ---
 
 # %% [markdown]
-# # 2. Hyper-connections
+# # Hyper-connections
 #
 # *Goal: widen the residual stream into $n$ streams, write one layer as a small matrix (the HC
 # matrix), implement its forward pass from scratch, and see why the paper's initialisation is

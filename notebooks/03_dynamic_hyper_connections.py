@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 3. Dynamic hyper-connections
+# # Dynamic hyper-connections
 #
 # *Goal: let every token choose its own HC matrix, see why the paper's initialisation makes
 # that safe, and count what it costs in parameters and FLOPs.*

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 4. What hyper-connections express
+# # What hyper-connections express
 #
 # *Goal: write familiar architectures as HC matrices, and unfold any stack of HC layers into
 # one picture of which layer feeds which.*

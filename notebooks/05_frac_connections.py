@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 5. Frac-connections
+# # Frac-connections
 #
 # *Goal: keep what hyper-connections learn about mixing layers while carrying a hidden state
 # no wider than the residual stream's, by splitting it into fractions instead of copying it.*

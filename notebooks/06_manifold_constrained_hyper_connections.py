@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 6. Manifold-constrained hyper-connections
+# # Manifold-constrained hyper-connections
 #
 # *Goal: see why products of unconstrained stream-mixing matrices can blow up a deep network,
 # and how projecting every mixing matrix onto the doubly stochastic matrices prevents it.*
