@@ -202,7 +202,8 @@ INSPECT_PAGE = """
       .filter((el) => !el.querySelector("mjx-container"))
       .map((el) => el.textContent.slice(0, 80)),
     texErrors: [...article.querySelectorAll("mjx-merror")].map((el) => el.textContent),
-    errorCells: article.querySelectorAll(".output.stderr, .output.traceback, .output.error").length,
+    errorCells: [...article.querySelectorAll(".output.stderr, .output.traceback, .output.error")]
+      .map((el) => el.textContent.trim().slice(0, 160)),
     tracebacks: outputs.filter((el) => el.textContent.includes("Traceback (most recent call last)"))
       .length,
     images: images.map((img) => ({
@@ -295,9 +296,10 @@ def test_page_renders_offline_with_title_figures_and_math(browser, name):
 
     assert not report["timedOut"], f"{name}: images or MathJax still loading after 30 s"
     assert report["title"], f"{name}: the page has no <h1> title"
-    assert report["errorCells"] == 0 and report["tracebacks"] == 0, (
-        f"{name}: {report['errorCells']} stderr/error output cells and "
-        f"{report['tracebacks']} tracebacks (warnings and progress bars on stderr count too)"
+    assert not report["errorCells"] and report["tracebacks"] == 0, (
+        f"{name}: {len(report['errorCells'])} stderr/error output cells and "
+        f"{report['tracebacks']} tracebacks; the book shows no stderr (warnings and progress "
+        f"bars print there: silence them in the chapter). They begin: {report['errorCells']}"
     )
     broken = [
         img["src"]
