@@ -11,6 +11,7 @@ Used in: notebooks/01_residual_connections, 02, 05 and 08.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,7 @@ def train_toy(
     weight_decay: float = 0.0,
     eval_every: int = 50,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     connection_lr: float | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on ``data`` with AdamW (:func:`hclib.param_groups`) and cross-entropy.
@@ -81,6 +82,9 @@ def train_toy(
     Args:
         connection_lr: if given, the learning rate of the connections' own parameters (the
             HC/FC/mHC weights, not the branches they wrap); everything else uses ``lr``.
+
+    ``progress=None`` shows a progress bar only in a terminal (not in a notebook, where the
+    bar would land in the saved outputs); ``True`` or ``False`` forces it on or off.
 
     Returns:
         ``{"step", "loss", "val_step", "val_loss", "val_acc"}``: the training loss at every
@@ -93,6 +97,8 @@ def train_toy(
     history: dict[str, list[float]] = {
         k: [] for k in ("step", "loss", "val_step", "val_loss", "val_acc")
     }
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = tqdm(range(1, steps + 1), disable=not progress, desc="train", leave=False)
     for step in bar:
         model.train()
