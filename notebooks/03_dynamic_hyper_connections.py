@@ -61,6 +61,7 @@ from hclib.plotting import color, use_book_style
 from hclib.toy import make_toy_data, train_toy
 
 use_book_style()
+torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and much faster on a shared CPU
 F64 = torch.float64
 
 # %% [markdown]
