@@ -104,10 +104,6 @@ class GPTConfig:
         return cls(**values)
 
 
-class RMSNorm(nn.RMSNorm):
-    """``x / rms(x) * weight`` over the last dimension."""
-
-
 def rope_tables(block_size: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``cos`` and ``sin`` tables ``(block_size, head_dim / 2)`` of rotary embeddings."""
     freqs = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
@@ -161,7 +157,7 @@ class Branch(nn.Sequential):
     """A sublayer with its own pre-norm: ``dropout(f(RMSNorm(x)))``."""
 
     def __init__(self, cfg: GPTConfig, f: nn.Module) -> None:
-        super().__init__(RMSNorm(cfg.d_model, eps=cfg.norm_eps), f, nn.Dropout(cfg.dropout))
+        super().__init__(nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps), f, nn.Dropout(cfg.dropout))
 
 
 class GPT(nn.Module):
@@ -198,7 +194,7 @@ class GPT(nn.Module):
                         dynamic=cfg.dynamic,
                     )
                 )
-        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
