@@ -532,8 +532,8 @@ for label, m, g_state in (("init", models0, grads0), ("trained", models, grads))
 # from the encoder, not from $h_k$; attention in general mixes in other tokens; biases and
 # other input-independent terms can grow during training. {cite:t}`xiong2020layernorm` show at
 # initialisation that Post-LN's gradient norm grows with the layer index in a Transformer, and
-# Liu et al. (2020, arXiv 2004.08249) report gradient vanishing in the decoder of a Post-LN
-# Transformer, but not in its encoder.
+# {cite:t}`liu2020admin` report gradient vanishing in the decoder of a Post-LN Transformer,
+# but not in its encoder.
 #
 # The simplest stand-in for such a term in our toy network is a fixed random vector $c_k$
 # added to every branch output, $T_k(h) + c_k$ with $c_k \sim \mathcal{N}(0, s^2 I)$. It adds
