@@ -1,0 +1,130 @@
+"""Which implementation runs a connection's math: ``impl="auto" | "torch" | "compile" | "triton"``.
+
+Every connection module takes ``impl`` and resolves it on each call from the device of its
+state, so one model moves between CPU and GPU without being rebuilt:
+
+============ ===============================================================================
+``impl``     what runs
+============ ===============================================================================
+``"torch"``  the reference: the module's own PyTorch code, equation by equation (the oracle)
+``"compile"`` ``torch.compile`` of that same reference math (the branch stays eager)
+``"triton"`` the fused kernels of :mod:`hclib.kernels` (CUDA tensors, or CPU tensors when
+             ``TRITON_INTERPRET=1`` was set before the kernels were imported)
+``"auto"``   ``"triton"`` for CUDA tensors when triton is installed, ``"torch"`` elsewhere
+============ ===============================================================================
+
+Nothing here imports triton: ``import hclib`` works without it, and the kernel files are
+imported only when a Triton path first runs.
+
+Derived in: notebooks/07_memory_traffic_and_fused_kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "IMPLS",
+    "check_impl",
+    "compiled",
+    "interpreting",
+    "launch",
+    "resolve_impl",
+    "triton_available",
+]
+
+#: the values every connection's ``impl`` argument accepts
+IMPLS = ("auto", "torch", "compile", "triton")
+
+
+def check_impl(impl: object) -> str:
+    """Return ``impl`` if it is one of :data:`IMPLS`, else raise a clear error."""
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the ``triton`` package is installed (found without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``).
+
+    The variable must be set before the first kernel file is imported: Triton reads it when a
+    ``@triton.jit`` function is created (``tests/conftest.py`` sets it when CUDA is absent).
+    """
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
+    """The implementation that runs for a state ``tensor``: ``"torch"``, ``"compile"`` or
+    ``"triton"``.
+
+    Args:
+        impl: one of :data:`IMPLS`.
+        tensor: the state the connection is called with; its device decides ``"auto"``.
+
+    Raises:
+        ValueError: unknown ``impl``, or ``"triton"`` for a CPU tensor outside the interpreter.
+        ImportError: ``"triton"`` without the triton package.
+    """
+    check_impl(impl)
+    if impl == "auto":
+        return "triton" if tensor.is_cuda and triton_available() else "torch"
+    if impl == "triton":
+        if not triton_available():
+            raise ImportError(
+                "impl='triton' needs the triton package (pip install triton); "
+                "use impl='torch' or 'auto' without it"
+            )
+        if not tensor.is_cuda and not interpreting():
+            raise ValueError(
+                "impl='triton' runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 "
+                f"is set before hclib.kernels is imported; got a tensor on {tensor.device}"
+            )
+    return impl
+
+
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, made once per function and reused by every module.
+
+    The connections compile plain functions of tensors (their reference math with the
+    parameters passed in), so modules of the same shape share one compiled graph instead of
+    recompiling per instance.
+    """
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn)
+    return _COMPILED[fn]
+
+
+def launch(
+    kernel, tuned, grid: Callable[[dict], tuple], args: tuple, on_gpu: bool, cpu_meta: dict, **meta
+) -> None:
+    """Run a Triton kernel: autotuned on a GPU, with plain block sizes in the interpreter.
+
+    Args:
+        kernel: the ``@triton.jit`` function.
+        tuned: the same kernel wrapped in ``triton.autotune`` (its configs set the tuned
+            meta-parameters, so they are not passed here on a GPU).
+        grid: ``meta -> (programs, ...)``, reading the block sizes from ``meta``.
+        args: the positional arguments of the kernel.
+        on_gpu: whether the tensors live on a GPU.
+        cpu_meta: the tuned meta-parameters' values for the interpreter (no autotuning
+            without a GPU: the interpreter would time Python, not the kernel).
+        meta: the other constexpr arguments.
+    """
+    if on_gpu:
+        tuned[grid](*args, **meta)
+    else:
+        kernel[grid](*args, **meta, **cpu_meta)
