@@ -6,24 +6,56 @@ teacher (a two-layer tanh network, ``argmax`` over ``classes`` logits). It is le
 not trivial, deterministic given a seed, and fast on a CPU, which is all the seesaw
 experiments need: the effects they show are about depth, not about data.
 
+For chapter 8's sweeps over connections and seeds:
+
+* :func:`run_toy_sweep` trains one :class:`hclib.models.DeepMLP` per (configuration, seed) and
+  measures it (validation loss and accuracy, :func:`seesaw_measures`), optionally in
+  parallel processes; :func:`save_toy_sweep` and :func:`load_toy_sweep` keep its rows as JSON.
+* :func:`compare_seeds` judges a paper's claim from paired per-seed values with a Student-t
+  confidence interval, in the three verdicts of the book's reproduction table
+  (:data:`VERDICTS`).
+
 Used in: notebooks/01_residual_connections, 02, 05 and 08.
+Derived in: notebooks/08_toy_models (sweeps over seeds and verdicts).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
 from hclib.analysis import adjacent_cosine_similarity, branch_grad_norms, capture_branch_inputs
 from hclib.connection import Connection
+from hclib.models.mlp import DeepMLP
 from hclib.optim import param_groups
 from hclib.streams import check_count
 
-__all__ = ["ToyData", "make_toy_data", "seesaw_measures", "train_toy"]
+__all__ = [
+    "VERDICTS",
+    "SeedComparison",
+    "ToyData",
+    "compare_seeds",
+    "load_toy_sweep",
+    "make_toy_data",
+    "run_toy_sweep",
+    "save_toy_sweep",
+    "seesaw_measures",
+    "student_t_quantile",
+    "train_toy",
+]
 
 
 @dataclass
@@ -167,3 +199,236 @@ def seesaw_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
     cos = adjacent_cosine_similarity(inputs)  # (L-1, tokens)
     q = torch.quantile(cos, torch.tensor([0.05, 0.5, 0.95]), dim=1)
     return {"grad_norm": grad_norm, "cos_p05": q[0], "cos_median": q[1], "cos_p95": q[2]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps over connections and seeds (chapter 8)
+# ---------------------------------------------------------------------------------------------
+
+_PER_LAYER = ("cos_median", "cos_p05", "cos_p95", "grad_norm")
+
+
+def run_toy_sweep(
+    configs: Mapping[str, Mapping[str, Any]],
+    data: ToyData,
+    seeds: Sequence[int],
+    *,
+    dim: int = 64,
+    depth: int = 32,
+    probe: int = 256,
+    workers: int = 1,
+    **train_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Train and measure one :class:`~hclib.models.DeepMLP` per configuration and seed.
+
+    Run ``(name, seed)`` seeds the model's initialisation with ``torch.manual_seed(seed)``
+    and its batches with ``train_toy(..., seed=seed)``: two configurations under the same
+    seed see the same batches, and HC or FC start from the Pre-Norm network's weights (their
+    own weights start at the Pre-Norm equivalent), so differences between them are paired.
+
+    Args:
+        configs: ``{name: DeepMLP keyword arguments}``, e.g.
+            ``{"HC n=4": {"connection": "hc", "n": 4}}``.
+        data: the task; ``data.x_val[:probe]`` is the batch the seesaw is measured on.
+        seeds: one run per seed and configuration.
+        dim, depth: the model width ``d`` and number of blocks of every model.
+        workers: processes to run in parallel (each uses one torch thread); ``1`` runs in
+            this process, in order.
+        **train_kwargs: passed to :func:`train_toy` (``steps``, ``batch_size``, ``lr``, ...);
+            ``seed`` and ``progress`` are set here.
+
+    Returns:
+        One dict per run, in the order of ``seeds`` then ``configs``: ``name``, ``seed``,
+        ``val_loss`` and ``val_acc`` (at the end of training), ``seconds`` (wall time of the
+        run), and the lists of :func:`seesaw_measures`: ``grad_norm`` (``depth`` values),
+        ``cos_median``, ``cos_p05``, ``cos_p95`` (``depth - 1`` values). Plain Python types,
+        ready for :func:`save_toy_sweep`.
+    """
+    check_count(dim, "dim", "features")
+    check_count(depth, "depth", "blocks")
+    check_count(probe, "probe", "examples")
+    check_count(workers, "workers", "processes")
+    seeds = [int(s) for s in seeds]
+    if not seeds or not configs:
+        raise ValueError(f"need at least one seed and one config, got {seeds} and {list(configs)}")
+    for key in ("seed", "progress"):
+        if key in train_kwargs:
+            raise ValueError(f"run_toy_sweep sets {key!r} itself; got {key}={train_kwargs[key]!r}")
+    jobs = [(name, dict(configs[name]), seed) for seed in seeds for name in configs]
+    shared = (data, dim, depth, probe, train_kwargs)
+    if workers == 1:
+        return [_sweep_run(job, *shared) for job in jobs]
+    # fork on Linux, as DataLoader workers do (torch resets its thread pool in the child, and
+    # nothing is re-imported); spawn elsewhere. Each worker then uses one thread.
+    context = get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_sweep_init, initargs=shared
+    ) as pool:
+        return list(pool.map(_sweep_worker, jobs))
+
+
+_WORKER_STATE: tuple = ()
+
+
+def _sweep_init(*shared: Any) -> None:
+    global _WORKER_STATE
+    torch.set_num_threads(1)
+    _WORKER_STATE = shared
+
+
+def _sweep_worker(job: tuple[str, dict, int]) -> dict[str, Any]:
+    return _sweep_run(job, *_WORKER_STATE)
+
+
+def _sweep_run(
+    job: tuple[str, dict, int],
+    data: ToyData,
+    dim: int,
+    depth: int,
+    probe: int,
+    train_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    name, config, seed = job
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = DeepMLP(data.in_features, data.classes, dim=dim, depth=depth, **config)
+    history = train_toy(model, data, seed=seed, progress=False, **train_kwargs)
+    measures = seesaw_measures(model, data.x_val[:probe], data.y_val[:probe])
+    row: dict[str, Any] = {
+        "name": name,
+        "seed": seed,
+        "val_loss": history["val_loss"][-1],
+        "val_acc": history["val_acc"][-1],
+    }
+    row.update({key: measures[key].tolist() for key in _PER_LAYER})
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def save_toy_sweep(path: str | Path, rows: Sequence[Mapping[str, Any]], **settings: Any) -> Path:
+    """Write the rows of :func:`run_toy_sweep` and the settings that produced them as JSON.
+
+    ``settings`` (sizes, seeds, device, versions, ...) must be JSON-serialisable; the file
+    holds ``{"settings": ..., "rows": ...}``. Missing parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "rows": list(rows)}, indent=1) + "\n")
+    return path
+
+
+def load_toy_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read a file written by :func:`save_toy_sweep`: ``(settings, rows)``."""
+    content = json.loads(Path(path).read_text())
+    if not isinstance(content, dict) or not {"settings", "rows"} <= content.keys():
+        raise ValueError(f"{path} is not a toy sweep: expected keys 'settings' and 'rows'")
+    return content["settings"], content["rows"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging a claim over seeds
+# ---------------------------------------------------------------------------------------------
+
+VERDICTS = ("reproduces", "does not reproduce at this scale", "inconclusive: within seed spread")
+_CLAIMS = ("lower", "higher", "not lower", "not higher")
+
+
+class SeedComparison(NamedTuple):
+    """A paired comparison over seeds: the mean difference, its confidence interval, a verdict."""
+
+    mean: float  # mean over seeds of a - b
+    low: float  # confidence interval of that mean (Student t, ``seeds - 1`` degrees of freedom)
+    high: float
+    seeds: int
+    verdict: str  # one of VERDICTS
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The ``p``-quantile of Student's t distribution with ``df`` degrees of freedom.
+
+    Computed by bisection on the CDF, whose density is integrated numerically (no SciPy
+    needed); accurate to about 1e-6 for ``0.5 <= p <= 0.9995``. Lower quantiles follow by
+    symmetry.
+    """
+    check_count(df, "df", "degrees of freedom")
+    if not 0 < p < 1:
+        raise ValueError(f"p must be a probability in (0, 1), got {p}")
+    if p < 0.5:
+        return -student_t_quantile(1 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 4097)  # Simpson's rule on 4096 intervals
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        w = np.ones_like(t)
+        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+        return 0.5 + float((w * f).sum()) * (x / 4096) / 3
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def compare_seeds(
+    a: Sequence[float],
+    b: Sequence[float] | None = None,
+    claim: str = "lower",
+    confidence: float = 0.95,
+) -> SeedComparison:
+    """Judge a claim about ``a - b`` from paired per-seed values (``b=None``: about ``a``).
+
+    The differences ``a[s] - b[s]`` of the same seeds are averaged and given a two-sided
+    Student-t confidence interval; the verdict (one of :data:`VERDICTS`) is
+
+    * ``claim="lower"``: "reproduces" if the interval lies below 0, "does not reproduce at
+      this scale" if it lies above 0, "inconclusive: within seed spread" if it contains 0;
+    * ``claim="higher"``: the mirror image;
+    * ``claim="not lower"``: "does not reproduce at this scale" if the interval lies below 0,
+      "reproduces" if the mean is >= 0, inconclusive otherwise;
+    * ``claim="not higher"``: the mirror image.
+
+    A "not lower" claim ("no better than the baseline", for a loss) can be contradicted by the
+    data but never proven; it counts as reproduced when the seeds lean its way and the
+    interval does not exclude it.
+
+    Args:
+        a, b: one value per seed, in the same seed order (at least 2 seeds).
+        claim: ``"lower"``, ``"higher"``, ``"not lower"`` or ``"not higher"``.
+        confidence: the interval's coverage.
+
+    Example:
+        >>> compare_seeds([0.70, 0.71, 0.69], [0.72, 0.73, 0.72], claim="lower").verdict
+        'reproduces'
+    """
+    if claim not in _CLAIMS:
+        raise ValueError(f"claim must be one of {_CLAIMS}, got {claim!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    x = np.asarray(a, dtype=np.float64)
+    if b is not None:
+        y = np.asarray(b, dtype=np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"a and b need one value per seed each, got {x.shape} and {y.shape}")
+        x = x - y
+    if x.ndim != 1 or x.size < 2:
+        raise ValueError(f"need one value per seed for at least 2 seeds, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"the per-seed differences must be finite, got {x.tolist()}")
+    seeds = x.size
+    mean = float(x.mean())
+    half = student_t_quantile(0.5 + confidence / 2, seeds - 1) * float(x.std(ddof=1)) / seeds**0.5
+    low, high = mean - half, mean + half
+    below, above = high < 0, low > 0
+    if claim == "lower":
+        verdict = VERDICTS[0] if below else VERDICTS[1] if above else VERDICTS[2]
+    elif claim == "higher":
+        verdict = VERDICTS[0] if above else VERDICTS[1] if below else VERDICTS[2]
+    elif claim == "not lower":
+        verdict = VERDICTS[1] if below else VERDICTS[0] if mean >= 0 else VERDICTS[2]
+    else:
+        verdict = VERDICTS[1] if above else VERDICTS[0] if mean <= 0 else VERDICTS[2]
+    return SeedComparison(mean, low, high, seeds, verdict)

@@ -7,7 +7,17 @@ from torch import nn
 import hclib
 from hclib.book import book_size, scaled
 from hclib.models import DeepMLP
-from hclib.toy import make_toy_data, seesaw_measures, train_toy
+from hclib.toy import (
+    VERDICTS,
+    compare_seeds,
+    load_toy_sweep,
+    make_toy_data,
+    run_toy_sweep,
+    save_toy_sweep,
+    seesaw_measures,
+    student_t_quantile,
+    train_toy,
+)
 
 
 def test_toy_data_is_deterministic_in_its_seed_and_uses_every_class():
@@ -102,3 +112,139 @@ def test_every_connection_has_a_palette_colour():
 
     assert color("HC x4") == PALETTE["hc"] and color("pre-norm") == PALETTE["pre-norm"]
     assert color("mhc") == PALETTE["mhc"] and color("something") == PALETTE["other"]
+
+
+# Two-sided 95% and 99% critical values of Student's t, from any statistics textbook's table.
+T_TABLE = [
+    (0.975, 1, 12.706),
+    (0.975, 2, 4.303),
+    (0.975, 4, 2.776),
+    (0.975, 9, 2.262),
+    (0.975, 30, 2.042),
+    (0.995, 2, 9.925),
+    (0.995, 7, 3.499),
+    (0.025, 3, -3.182),
+]
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), T_TABLE)
+def test_student_t_quantile_matches_the_textbook_table(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_student_t_quantile_tends_to_the_normal_quantile():
+    assert student_t_quantile(0.975, 100_000) == pytest.approx(1.95996, abs=1e-4)
+
+
+# (a, b, claim, verdict): per-seed values, paired by position.
+WORSE = [0.72, 0.73, 0.72]
+VERDICT_CASES = [
+    ([0.70, 0.71, 0.69], WORSE, "lower", VERDICTS[0]),
+    (WORSE, [0.70, 0.71, 0.69], "lower", VERDICTS[1]),
+    ([0.70, 0.74, 0.71], WORSE, "lower", VERDICTS[2]),  # one seed disagrees
+    (WORSE, [0.70, 0.71, 0.69], "higher", VERDICTS[0]),
+    ([0.70, 0.71, 0.69], WORSE, "higher", VERDICTS[1]),
+    (WORSE, [0.70, 0.71, 0.69], "not lower", VERDICTS[0]),
+    ([0.72, 0.73, 0.71], WORSE, "not lower", VERDICTS[2]),  # leans the other way, within spread
+    ([0.70, 0.71, 0.69], WORSE, "not lower", VERDICTS[1]),
+    (WORSE, WORSE, "not lower", VERDICTS[0]),  # identical runs: no better
+    (WORSE, WORSE, "lower", VERDICTS[2]),
+    ([0.70, 0.71, 0.69], WORSE, "not higher", VERDICTS[0]),
+    (WORSE, [0.70, 0.71, 0.69], "not higher", VERDICTS[1]),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "claim", "verdict"), VERDICT_CASES)
+def test_compare_seeds_gives_the_verdict_of_the_confidence_interval(a, b, claim, verdict):
+    result = compare_seeds(a, b, claim=claim)
+    assert result.verdict == verdict
+    assert result.seeds == 3 and result.low <= result.mean <= result.high
+
+
+def test_compare_seeds_interval_is_the_student_t_interval_of_the_differences():
+    d = torch.tensor([-0.02, -0.01, -0.03, -0.02], dtype=torch.float64)
+    result = compare_seeds(d.tolist(), claim="lower")
+    half = 3.182 * d.std().item() / 2  # t(0.975, 3) * s / sqrt(4)
+    assert result.mean == pytest.approx(-0.02)
+    assert result.high - result.mean == pytest.approx(half, rel=1e-3)
+    assert result.mean - result.low == pytest.approx(half, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"a": [0.1], "b": [0.2]}, "at least 2 seeds"),
+        ({"a": [0.1, 0.2], "b": [0.2]}, "one value per seed each"),
+        ({"a": [0.1, 0.2], "claim": "better"}, "claim must be one of"),
+        ({"a": [0.1, float("nan")]}, "must be finite"),
+        ({"a": [0.1, 0.2], "confidence": 1.0}, "confidence must be in"),
+    ],
+)
+def test_compare_seeds_says_what_it_expected(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        compare_seeds(**kwargs)
+
+
+SWEEP = {
+    "Pre-Norm": {"norm": "pre"},
+    "HC n=1": {"connection": "hc", "n": 1},
+    "FC m=1": {"connection": "fc", "m": 1},
+    "HC n=2": {"connection": "hc", "n": 2, "dynamic": False},
+}
+SWEEP_SIZE = {"dim": 8, "depth": 3, "probe": 32, "steps": 6, "batch_size": 16, "eval_every": 3}
+
+
+def _without_times(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    data = make_toy_data(256, 64)
+    return data, run_toy_sweep(SWEEP, data, seeds=[0, 1], **SWEEP_SIZE)
+
+
+def test_toy_sweep_has_one_row_per_seed_and_config_with_per_layer_measures(sweep):
+    _, rows = sweep
+    assert [(r["name"], r["seed"]) for r in rows] == [(n, s) for s in (0, 1) for n in SWEEP]
+    for row in rows:
+        assert len(row["grad_norm"]) == 3 and len(row["cos_median"]) == 2
+        assert 0 < row["val_acc"] <= 1 and row["val_loss"] > 0 and row["seconds"] > 0
+
+
+def test_toy_sweep_runs_are_paired_so_fc_with_one_fraction_equals_hc_with_one_stream(sweep):
+    # FC m=1 is HC n=1 (chapter 5); under the same seed both runs are the same computation
+    _, rows = sweep
+    by = {(r["name"], r["seed"]): r for r in _without_times(rows)}
+    for seed in (0, 1):
+        hc, fc = dict(by[("HC n=1", seed)]), dict(by[("FC m=1", seed)])
+        assert {**hc, "name": ""} == {**fc, "name": ""}
+    assert by[("Pre-Norm", 0)]["val_loss"] != by[("Pre-Norm", 1)]["val_loss"]
+
+
+def test_toy_sweep_in_worker_processes_gives_the_same_rows(sweep):
+    # the workers use one thread, this process may use more: equal up to summation order
+    data, rows = sweep
+    parallel = run_toy_sweep(SWEEP, data, seeds=[0, 1], workers=2, **SWEEP_SIZE)
+    for mine, theirs in zip(_without_times(parallel), _without_times(rows), strict=True):
+        assert (mine["name"], mine["seed"]) == (theirs["name"], theirs["seed"])
+        for key in ("val_loss", "val_acc", "cos_median", "grad_norm"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6)
+
+
+def test_toy_sweep_round_trips_through_json_with_its_settings(sweep, tmp_path):
+    _, rows = sweep
+    path = save_toy_sweep(tmp_path / "new" / "sweep.json", rows, steps=6, device="cpu")
+    settings, loaded = load_toy_sweep(path)
+    assert settings == {"steps": 6, "device": "cpu"} and loaded == rows
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a toy sweep"):
+        load_toy_sweep(tmp_path / "other.json")
+
+
+def test_toy_sweep_sets_the_seed_itself():
+    data = make_toy_data(64, 16)
+    with pytest.raises(ValueError, match="sets 'seed' itself"):
+        run_toy_sweep(SWEEP, data, seeds=[0], seed=3)
+    with pytest.raises(ValueError, match="at least one seed"):
+        run_toy_sweep(SWEEP, data, seeds=[])
