@@ -1,0 +1,677 @@
+"""mHC's read-out, fused: RMSNorm, projection, sigmoid / 2 sigmoid / Sinkhorn-Knopp and ``h0``.
+
+The math, per token (mHC Eqs. 7-8 in the reordered form of Eqs. 14-16; the oracle is
+:class:`hclib.ManifoldHyperConnection` with ``impl="torch"``)::
+
+    x   = vec(H)                                   (n d,)  stream 0 first
+    p   = x phi                                    (K,)    K = n^2 + 2n, one matmul (Eq. 14)
+    r   = 1 / sqrt(mean(x^2) + eps)                        the RMSNorm, applied after (Eq. 15)
+    z   = r p                                      (K,)    = RMSNorm(x) phi
+    l   = alpha * z + b                            (K,)    alpha_pre / post / res per segment
+    pre = sigmoid(l_pre),  post = 2 sigmoid(l_post),  res = SK(mat(l_res))        (Eq. 8)
+    h0  = sum_i pre_i H_i                          (d,)    the branch input
+
+Backward, given ``dh0``, ``dpost``, ``dres`` and the gradient ``dH_pass`` that reached the state
+through ``post_res`` (see below)::
+
+    dpre_i = <dh0, H_i>                 dl = sigmoid' and SK backward (recomputed in registers)
+    dz  = alpha * dl                    dalpha = sum_t <dl, z> per segment,  db = sum_t dl
+    dphi = sum_t x_t (r_t dz_t)^T       (n d, K): a matmul reduced over tokens
+    dH   = pre (x) dh0 + mat(r dz phi^T) - (<dz, z> r^2 / (n d)) x + dH_pass
+
+Kernels and passes (``s`` bytes per state element, 2 for bf16; small per-token vectors of
+``O(n^2)`` floats left out):
+
+* forward, one program per ``BT`` tokens: pass 1 reads the token block's ``x`` once for both
+  ``p`` (``tl.dot`` against ``phi``, its ``K`` padded to ``KP >= 16``) and ``sum x^2``; the
+  epilogue computes the coefficients (Sinkhorn in registers), then pass 2 reads ``H`` again for
+  ``h0`` (it needs ``pre`` first). The second read is of the same ``BT n d s`` bytes a moment
+  later and can be served by L2, so the forward moves ``n d s`` (floor) to ``2 n d s`` (no L2
+  reuse) bytes from memory per token and writes ``d s`` for ``h0``.
+* backward, kernel 1, one program per ``BT`` tokens: reads ``H`` and ``dh0`` for ``dpre``,
+  then the coefficient gradients in registers (Sinkhorn's backward recomputes the rounds; no
+  iterate is stored); writes ``r dz`` and a few scalars per token: ``n d s + d s`` bytes.
+* backward, kernel 2, one program per ``(n x BD features, token split)``: reads ``H``,
+  ``dH_pass`` and ``dh0``, writes ``dH`` (``3 n d s + d s`` bytes per token), and accumulates
+  ``dphi`` for its rows of ``phi`` across its tokens with ``tl.dot`` (per-split partial sums,
+  added in PyTorch: deterministic, no atomics).
+
+Together with :func:`hclib.kernels.post_res.post_res` (forward ``2 n d s + d s``, backward
+``3 n d s + 2 d s``) an mHC layer moves about ``4-5 n d s`` bytes per token forward and
+``7 n d s`` backward, against the ``n d s``-per-tensor floor of reading and writing each state
+tensor once.
+
+The state gradient from ``post_res`` (``res^T dH'``) and the one from the read-out would meet
+in autograd's accumulation, an extra read-read-write of the state. :func:`manifold_pre`
+therefore returns ``H_pass``, ``H`` itself as a view, to be handed to ``post_res``: the
+gradient that reaches ``H_pass`` is added inside backward kernel 2, in the same pass that
+writes ``dH``.
+
+Layout: ``H`` ``(T, n, d)`` contiguous, read as ``(T, n d)`` in pass 1 (coalesced chunks of
+``BC`` columns) and as ``(BT, NP, BD)`` tiles in pass 2; ``phi`` ``(n d, K)`` row-major; the
+saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32 (float64 when the
+module or the input is float64). Matmuls accumulate in float32: on a GPU a bf16 state meets
+``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa bits), a float32 state
+uses 3xTF32; the interpreter computes every ``tl.dot`` in float32 (or float64).
+
+Layers: ``_manifold_pre_*`` kernels -> :func:`manifold_pre_forward` /
+:func:`manifold_pre_backward` (launchers) -> :class:`ManifoldPre` (autograd) ->
+:func:`manifold_pre` -> ``ManifoldHyperConnection(impl="triton")``.
+
+Derived in: notebooks/06_manifold_constrained_hyper_connections (the math) and
+notebooks/07_memory_traffic_and_fused_kernels (the kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from hclib.connection import compute_dtype
+from hclib.kernels.dispatch import launch
+from hclib.kernels.sinkhorn import (
+    padded_rate,
+    sinkhorn_tile,
+    sinkhorn_tile_backward,
+    sinkhorn_tile_log,
+)
+
+__all__ = ["ManifoldPre", "manifold_pre", "manifold_pre_backward", "manifold_pre_forward"]
+
+
+# ------------------------------------------------------------------------------ helpers
+@triton.jit
+def _sigmoid(v):
+    return 1.0 / (1.0 + tl.exp(-v))
+
+
+@triton.jit
+def _logits(Z, BIAS, ALPHA, t, t_ok, K, N: tl.constexpr, NP: tl.constexpr):
+    """The token block's ``z`` pieces and logits ``l = alpha z + b``: pre and post ``(BT, NP)``,
+    res ``(BT, NP, NP)``; padding (streams ``>= n``, tokens ``>= T``) reads ``z = 0``."""
+    i = tl.arange(0, NP)
+    j = tl.arange(0, NP)
+    i_ok = i < N
+    ij_ok = i_ok[:, None] & (j < N)[None, :]  # (NP, NP)
+    ti_ok = t_ok[:, None] & i_ok[None, :]  # (BT, NP)
+    tij_ok = t_ok[:, None, None] & ij_ok[None, :, :]  # (BT, NP, NP)
+    row = t[:, None] * K  # (BT, 1)
+    z_pre = tl.load(Z + row + i[None, :], mask=ti_ok, other=0.0)
+    z_post = tl.load(Z + row + N + i[None, :], mask=ti_ok, other=0.0)
+    ij = i[:, None] * N + j[None, :]  # (NP, NP): mat() is row-major
+    z_res = tl.load(Z + row[:, :, None] + 2 * N + ij[None, :, :], mask=tij_ok, other=0.0)
+    b_pre = tl.load(BIAS + i, mask=i_ok, other=0.0)
+    b_post = tl.load(BIAS + N + i, mask=i_ok, other=0.0)
+    b_res = tl.load(BIAS + 2 * N + ij, mask=ij_ok, other=0.0)
+    l_pre = tl.load(ALPHA) * z_pre + b_pre[None, :]  # Eq. 7
+    l_post = tl.load(ALPHA + 1) * z_post + b_post[None, :]
+    l_res = tl.load(ALPHA + 2) * z_res + b_res[None, :, :]
+    return z_pre, z_post, z_res, l_pre, l_post, l_res
+
+
+# ------------------------------------------------------------------------------ forward
+@triton.jit
+def _manifold_pre_fwd(
+    H,  # (T, N, D) state
+    PHI,  # (N D, K) ACC, or its bf16 high half with SPLIT
+    PHI_LO,  # (N D, K) bf16 low half with SPLIT (else unused)
+    BIAS,  # (K,) ACC
+    ALPHA,  # (3,) ACC: alpha_pre, alpha_post, alpha_res
+    H0,  # (T, D) out, dtype of H
+    POST,  # (T, N) out, ACC
+    RES,  # (T, N, N) out, ACC
+    Z,  # (T, K) out, ACC: RMSNorm(x) phi, saved for backward
+    RINV,  # (T,) out, ACC: 1 / rms, saved for backward
+    FLAG,  # (1,) int32 out: 1 if Sinkhorn underflowed for some token
+    T,
+    D,
+    K,
+    eps,
+    iters,
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    KP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BD: tl.constexpr,
+):
+    ND = N * D
+    t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)  # (BT,) tokens
+    t_ok = t < T
+    k = tl.arange(0, KP)
+    k_ok = k < K
+
+    # pass 1: p = x phi and sum(x^2), one read of the token block
+    acc = tl.zeros((BT, KP), dtype=ACC)
+    ssq = tl.zeros((BT,), dtype=ACC)
+    for c0 in range(0, ND, BC):
+        c = c0 + tl.arange(0, BC)  # (BC,) columns of vec(H)
+        c_ok = c < ND
+        x = tl.load(H + t[:, None] * ND + c[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)
+        xa = x.to(ACC)  # (BT, BC)
+        ssq += tl.sum(xa * xa, axis=1)
+        rows = c[:, None] * K + k[None, :]  # (BC, KP) rows of phi
+        rows_ok = c_ok[:, None] & k_ok[None, :]
+        if SPLIT:  # bf16 x against phi = hi + lo, both bf16, float32 accumulation
+            acc = tl.dot(x, tl.load(PHI + rows, mask=rows_ok, other=0.0), acc)
+            acc = tl.dot(x, tl.load(PHI_LO + rows, mask=rows_ok, other=0.0), acc)
+        else:
+            phi = tl.load(PHI + rows, mask=rows_ok, other=0.0)
+            acc = tl.dot(xa, phi, acc, input_precision=PREC)
+    r = 1.0 / tl.sqrt(ssq / ND + eps)  # (BT,)
+    z = acc * r[:, None]  # (BT, KP) = RMSNorm(x) phi
+    tl.store(Z + t[:, None] * K + k[None, :], z, mask=t_ok[:, None] & k_ok[None, :])
+    tl.store(RINV + t, r, mask=t_ok)
+    tl.debug_barrier()  # z is read back below in the (stream, stream) layout
+
+    # the coefficients (Eqs. 7-8), Sinkhorn in registers
+    _, _, _, l_pre, l_post, l_res = _logits(Z, BIAS, ALPHA, t, t_ok, K, N, NP)
+    i = tl.arange(0, NP)
+    j = tl.arange(0, NP)
+    i_ok = i < N
+    ti_ok = t_ok[:, None] & i_ok[None, :]  # (BT, NP)
+    valid = (i_ok[:, None] & (j < N)[None, :])[None, :, :]  # (1, NP, NP)
+    pre = tl.where(ti_ok, _sigmoid(l_pre), 0.0)  # (BT, NP)
+    post = 2.0 * _sigmoid(l_post)
+    res, bad = sinkhorn_tile(l_res, valid, iters)  # (BT, NP, NP), (BT,)
+    tl.store(POST + t[:, None] * N + i[None, :], post, mask=ti_ok)
+    tij = t[:, None, None] * (N * N) + i[None, :, None] * N + j[None, None, :]
+    tl.store(RES + tij, res, mask=t_ok[:, None, None] & valid)
+    if tl.max(tl.where(t_ok, bad, 0), axis=0) > 0:
+        tl.atomic_max(FLAG, 1)  # the redo kernel recomputes every token in log space
+
+    # pass 2: h0 = sum_i pre_i H_i, the same token block again (from L2 when it is still there)
+    for d0 in range(0, D, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < D
+        offs = t[:, None, None] * ND + i[None, :, None] * D + d[None, None, :]  # (BT, NP, BD)
+        x3 = tl.load(H + offs, mask=ti_ok[:, :, None] & d_ok[None, None, :], other=0.0)
+        h0 = tl.sum(pre[:, :, None] * x3.to(ACC), axis=1)  # (BT, BD)
+        tl.store(
+            H0 + t[:, None] * D + d[None, :],
+            h0.to(H0.dtype.element_ty),
+            mask=t_ok[:, None] & d_ok[None, :],
+        )
+
+
+@triton.jit
+def _manifold_pre_redo(
+    Z, BIAS, ALPHA, RES, FLAG, T, K, iters, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr
+):
+    """If the forward raised the flag, recompute ``res`` of every token in log space."""
+    if tl.load(FLAG) > 0:
+        t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+        t_ok = t < T
+        _, _, _, _, _, l_res = _logits(Z, BIAS, ALPHA, t, t_ok, K, N, NP)
+        i = tl.arange(0, NP)
+        j = tl.arange(0, NP)
+        valid = ((i < N)[:, None] & (j < N)[None, :])[None, :, :]
+        res = sinkhorn_tile_log(l_res, valid, iters)
+        tij = t[:, None, None] * (N * N) + i[None, :, None] * N + j[None, None, :]
+        tl.store(RES + tij, res, mask=t_ok[:, None, None] & valid)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _manifold_pre_bwd_coef(
+    H,  # (T, N, D)
+    G_H0,  # (T, D) gradient of h0
+    G_POST,  # (T, N) ACC
+    G_RES,  # (T, N, N) ACC
+    Z,  # (T, K) saved
+    RINV,  # (T,) saved
+    BIAS,  # (K,)
+    ALPHA,  # (3,)
+    FLAG,  # (1,) saved
+    PRE,  # (T, N) out: pre, for kernel 2
+    DZS,  # (T, KP) out, zero-filled: r dz
+    CX,  # (T,) out: -<dz, z> r^2 / (N D), the coefficient of x in dH
+    PART,  # (programs, K + 3) out: this block's sums of dl (= db) and of <dl, z> per segment
+    T,
+    D,
+    K,
+    iters,
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    KP: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+):
+    ND = N * D
+    pid = tl.program_id(0)
+    t = (pid * BT + tl.arange(0, BT)).to(tl.int64)
+    t_ok = t < T
+    i = tl.arange(0, NP)
+    j = tl.arange(0, NP)
+    i_ok = i < N
+    ti_ok = t_ok[:, None] & i_ok[None, :]  # (BT, NP)
+    valid = (i_ok[:, None] & (j < N)[None, :])[None, :, :]  # (1, NP, NP)
+    tij_ok = t_ok[:, None, None] & valid
+
+    # dpre_i = <dh0, H_i>, reduced over d in ACC
+    g_pre = tl.zeros((BT, NP), dtype=ACC)
+    for d0 in range(0, D, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < D
+        offs = t[:, None, None] * ND + i[None, :, None] * D + d[None, None, :]  # (BT, NP, BD)
+        x3 = tl.load(H + offs, mask=ti_ok[:, :, None] & d_ok[None, None, :], other=0.0)
+        gh = tl.load(
+            G_H0 + t[:, None] * D + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0
+        )
+        g_pre += tl.sum(x3.to(ACC) * gh.to(ACC)[:, None, :], axis=2)
+
+    # the coefficients' backward: sigmoid, 2 sigmoid, Sinkhorn (recomputed in registers)
+    z_pre, z_post, z_res, l_pre, l_post, l_res = _logits(Z, BIAS, ALPHA, t, t_ok, K, N, NP)
+    s_pre = _sigmoid(l_pre)
+    s_post = _sigmoid(l_post)
+    g_post = tl.load(G_POST + t[:, None] * N + i[None, :], mask=ti_ok, other=0.0)
+    tij = t[:, None, None] * (N * N) + i[None, :, None] * N + j[None, None, :]
+    g_res = tl.load(G_RES + tij, mask=tij_ok, other=0.0)
+    dl_pre = tl.where(ti_ok, g_pre * s_pre * (1.0 - s_pre), 0.0)  # (BT, NP)
+    dl_post = tl.where(ti_ok, g_post * 2.0 * s_post * (1.0 - s_post), 0.0)
+    dl_res = sinkhorn_tile_backward(l_res, valid, g_res, iters, tl.load(FLAG) > 0)
+    dl_res = tl.where(tij_ok, dl_res, 0.0)  # (BT, NP, NP)
+    dz_pre = tl.load(ALPHA) * dl_pre
+    dz_post = tl.load(ALPHA + 1) * dl_post
+    dz_res = tl.load(ALPHA + 2) * dl_res
+    zdz = tl.sum(dz_pre * z_pre, axis=1) + tl.sum(dz_post * z_post, axis=1)
+    zdz += tl.sum(tl.sum(dz_res * z_res, axis=2), axis=1)  # <dz, z>  (BT,)
+    r = tl.load(RINV + t, mask=t_ok, other=0.0)
+    tl.store(CX + t, -zdz * r * r / ND, mask=t_ok)
+    tl.store(PRE + t[:, None] * N + i[None, :], s_pre, mask=ti_ok)
+    row = t[:, None] * KP  # DZS rows are KP wide, the padding stays 0
+    tl.store(DZS + row + i[None, :], r[:, None] * dz_pre, mask=ti_ok)
+    tl.store(DZS + row + N + i[None, :], r[:, None] * dz_post, mask=ti_ok)
+    ij = i[:, None] * N + j[None, :]
+    tl.store(DZS + row[:, :, None] + 2 * N + ij[None, :, :], r[:, None, None] * dz_res, mask=tij_ok)
+
+    # this block's share of db and dalpha (summed over blocks in PyTorch)
+    part = PART + pid * (K + 3)
+    tl.store(part + i, tl.sum(dl_pre, axis=0), mask=i_ok)
+    tl.store(part + N + i, tl.sum(dl_post, axis=0), mask=i_ok)
+    tl.store(part + 2 * N + ij, tl.sum(dl_res, axis=0), mask=i_ok[:, None] & (j < N)[None, :])
+    tl.store(part + K, tl.sum(tl.sum(dl_pre * z_pre, axis=1), axis=0))
+    tl.store(part + K + 1, tl.sum(tl.sum(dl_post * z_post, axis=1), axis=0))
+    tl.store(part + K + 2, tl.sum(tl.sum(tl.sum(dl_res * z_res, axis=2), axis=1), axis=0))
+
+
+@triton.jit
+def _manifold_pre_bwd_state(
+    H,  # (T, N, D)
+    G_H0,  # (T, D)
+    G_PASS,  # (T, N, D) gradient that reached H_pass (with HAS_PASS)
+    PRE,  # (T, N)
+    DZS,  # (T, KP)
+    CX,  # (T,)
+    PHI,  # (N D, K) ACC
+    G_H,  # (T, N, D) out, dtype of H
+    G_PHI,  # (splits, N D, K) out, ACC: per-split partial sums
+    T,
+    D,
+    K,
+    per_split,  # tokens per split
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    KP: tl.constexpr,
+    HAS_PASS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+):
+    ND = N * D
+    # this program's columns of vec(H): BD features of every stream, NP * BD in all
+    col = tl.arange(0, NP * BD)
+    stream = col // BD
+    feat = tl.program_id(0) * BD + col % BD
+    col_ok = (stream < N) & (feat < D)
+    hcol = stream * D + feat  # (NP BD,) column in vec(H), row of phi
+    k = tl.arange(0, KP)
+    k_ok = k < K
+    phi_t = tl.load(
+        PHI + hcol[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0
+    )  # (KP, NP BD): phi^T restricted to these rows
+    g_phi = tl.zeros((NP * BD, KP), dtype=ACC)
+    t_begin = tl.program_id(1) * per_split
+    t_end = tl.minimum(t_begin + per_split, T)
+    for t0 in range(t_begin, t_end, BT):
+        t = (t0 + tl.arange(0, BT)).to(tl.int64)
+        t_ok = t < t_end
+        m = t_ok[:, None] & col_ok[None, :]  # (BT, NP BD)
+        x = tl.load(H + t[:, None] * ND + hcol[None, :], mask=m, other=0.0)
+        dzs = tl.load(DZS + t[:, None] * KP + k[None, :], mask=t_ok[:, None], other=0.0)
+        pre = tl.load(PRE + t[:, None] * N + stream[None, :], mask=m, other=0.0)
+        gh = tl.load(G_H0 + t[:, None] * D + feat[None, :], mask=m, other=0.0)  # from cache
+        cx = tl.load(CX + t, mask=t_ok, other=0.0)
+        xa = x.to(ACC)
+        g = pre * gh.to(ACC) + cx[:, None] * xa
+        g += tl.dot(dzs, phi_t, input_precision=PREC)  # (r dz) phi^T  (BT, NP BD)
+        if HAS_PASS:
+            g += tl.load(G_PASS + t[:, None] * ND + hcol[None, :], mask=m, other=0.0).to(ACC)
+        tl.store(G_H + t[:, None] * ND + hcol[None, :], g.to(G_H.dtype.element_ty), mask=m)
+        if SPLIT:  # bf16 x against r dz = hi + lo, both bf16
+            hi = dzs.to(tl.bfloat16)
+            lo = (dzs - hi.to(ACC)).to(tl.bfloat16)
+            g_phi = tl.dot(tl.trans(x), hi, g_phi)
+            g_phi = tl.dot(tl.trans(x), lo, g_phi)
+        else:
+            g_phi = tl.dot(tl.trans(xa), dzs, g_phi, input_precision=PREC)  # x^T (r dz)
+    out = G_PHI + tl.program_id(1).to(tl.int64) * ND * K
+    tl.store(out + hcol[:, None] * K + k[None, :], g_phi, mask=col_ok[:, None] & k_ok[None, :])
+
+
+# ---------------------------------------------------------------------------- launchers
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _coef_width(n: int) -> int:
+    """``KP``: ``K = n^2 + 2n`` padded to a power of two ``>= 16`` (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(n * n + 2 * n))
+
+
+def _precision(H: torch.Tensor, acc: torch.dtype) -> tuple[bool, str]:
+    """``(SPLIT, PREC)``: a bf16 state on a GPU meets ``phi`` as two bf16 halves; float32 uses
+    3xTF32; float64 and the interpreter (which computes in numpy) use plain IEEE products."""
+    if not H.is_cuda or acc == torch.float64:
+        return False, "ieee"
+    return H.dtype == torch.bfloat16, "tf32x3"
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _fwd_configs():
+    return [
+        triton.Config({"BT": bt, "BC": bc, "BD": bd}, num_warps=w, num_stages=s)
+        for bt, bc, bd, w, s in [
+            (16, 128, 128, 4, 3),
+            (16, 256, 256, 8, 3),
+            (32, 128, 128, 4, 3),
+            (32, 128, 256, 8, 2),
+            (64, 64, 128, 8, 3),
+        ]
+    ]
+
+
+def _coef_configs():
+    return [
+        triton.Config({"BT": bt, "BD": bd}, num_warps=w)
+        for bt, bd, w in [(4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 256, 8), (32, 128, 8)]
+    ]
+
+
+def _state_configs(NP: int):
+    return [
+        triton.Config({"BT": bt, "BD": max(1, cols // NP)}, num_warps=w, num_stages=s)
+        for bt, cols, w, s in [(32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 8, 3), (128, 128, 8, 2)]
+    ]
+
+
+_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=["D", "N", "SPLIT"])(_manifold_pre_fwd)
+_coef_tuned = triton.autotune(  # PART has one row per program: configs differ in their count
+    configs=_coef_configs(), key=["D", "N"], reset_to_zero=["PART"]
+)(_manifold_pre_bwd_coef)
+_state_tuned = {}  # NP -> autotuned kernel 2 (its BD depends on NP)
+
+
+def _state_kernel(NP: int):
+    if NP not in _state_tuned:
+        _state_tuned[NP] = triton.autotune(
+            configs=_state_configs(NP), key=["D", "N", "SPLIT", "HAS_PASS"]
+        )(_manifold_pre_bwd_state)
+    return _state_tuned[NP]
+
+
+def _cpu_tokens(T: int, most: int) -> int:
+    """Tokens per program in the interpreter: few, large programs (each runs in Python)."""
+    return max(16, min(most, triton.next_power_of_2(max(T, 1))))
+
+
+def manifold_pre_forward(
+    H: torch.Tensor,
+    phi: torch.Tensor,
+    bias: torch.Tensor,
+    alpha: torch.Tensor,
+    eps: float,
+    iters: int,
+) -> tuple[torch.Tensor, ...]:
+    """Launch the forward on flat, contiguous tensors.
+
+    Args:
+        H: ``(T, n, d)``, any floating dtype.
+        phi: ``(n d, K)``, bias ``(K,)``, alpha ``(3,)``, all in the compute dtype.
+        eps: the RMSNorm's epsilon; iters: Sinkhorn-Knopp rounds.
+
+    Returns:
+        ``(h0, post, res, z, rinv, flag)``: ``h0`` ``(T, d)`` in the dtype of ``H``; ``post``
+        ``(T, n)``, ``res`` ``(T, n, n)``, ``z`` ``(T, K)``, ``rinv`` ``(T,)`` in the compute
+        dtype; ``flag`` ``(1,)`` int32, 1 when Sinkhorn ran in log space.
+    """
+    T, n, d = H.shape
+    K, acc = phi.shape[1], phi.dtype
+    dev = H.device
+    h0 = torch.empty((T, d), dtype=H.dtype, device=dev)
+    post = torch.empty((T, n), dtype=acc, device=dev)
+    res = torch.empty((T, n, n), dtype=acc, device=dev)
+    z = torch.empty((T, K), dtype=acc, device=dev)
+    rinv = torch.empty((T,), dtype=acc, device=dev)
+    flag = torch.zeros((1,), dtype=torch.int32, device=dev)
+    if T == 0:
+        return h0, post, res, z, rinv, flag
+    NP, KP = padded_rate(n), _coef_width(n)
+    split, prec = _precision(H, acc)
+    phi_hi = phi_lo = phi
+    if split:
+        phi_hi = phi.to(torch.bfloat16)
+        phi_lo = (phi - phi_hi.to(acc)).to(torch.bfloat16)
+    args = (H, phi_hi, phi_lo, bias, alpha, h0, post, res, z, rinv, flag, T, d, K, eps, iters)
+    cpu = {
+        "BT": 16,
+        "BC": min(256, max(16, triton.next_power_of_2(n * d))),
+        "BD": min(128, triton.next_power_of_2(d)),
+    }
+    launch(
+        _manifold_pre_fwd,
+        _fwd_tuned,
+        lambda meta: (triton.cdiv(T, meta["BT"]),),
+        args,
+        H.is_cuda,
+        cpu,
+        N=n,
+        NP=NP,
+        KP=KP,
+        SPLIT=split,
+        PREC=prec,
+        ACC=_acc(acc),
+    )
+    BT = 64 if H.is_cuda else _cpu_tokens(T, 64)
+    _manifold_pre_redo[(triton.cdiv(T, BT),)](
+        z, bias, alpha, res, flag, T, K, iters, N=n, NP=NP, BT=BT
+    )
+    return h0, post, res, z, rinv, flag
+
+
+def manifold_pre_backward(
+    g_h0: torch.Tensor,
+    g_post: torch.Tensor,
+    g_res: torch.Tensor,
+    g_pass: torch.Tensor | None,
+    H: torch.Tensor,
+    phi: torch.Tensor,
+    bias: torch.Tensor,
+    alpha: torch.Tensor,
+    z: torch.Tensor,
+    rinv: torch.Tensor,
+    flag: torch.Tensor,
+    iters: int,
+) -> tuple[torch.Tensor, ...]:
+    """Launch the two backward kernels (shapes and dtypes of :func:`manifold_pre_forward`).
+
+    Args:
+        g_h0: ``(T, d)``; g_post ``(T, n)``; g_res ``(T, n, n)``; g_pass ``(T, n, d)`` or
+            ``None``: the gradients of the forward's outputs.
+
+    Returns:
+        ``(dH, dphi, dbias, dalpha)``: ``dH`` ``(T, n, d)`` in the dtype of ``H`` (``g_pass``
+        included), the others in the compute dtype, ``dalpha`` ``(3,)``.
+    """
+    T, n, d = H.shape
+    K, acc = phi.shape[1], phi.dtype
+    dev = H.device
+    NP, KP = padded_rate(n), _coef_width(n)
+    split, prec = _precision(H, acc)
+    g_H = torch.empty_like(H)
+    if T == 0:
+        g_bias = torch.zeros(K, dtype=acc, device=dev)
+        return g_H, torch.zeros_like(phi), g_bias, torch.zeros(3, dtype=acc, device=dev)
+    pre = torch.empty((T, n), dtype=acc, device=dev)
+    dzs = torch.zeros((T, KP), dtype=acc, device=dev)
+    cx = torch.empty((T,), dtype=acc, device=dev)
+    g_h0 = g_h0.contiguous()
+    g_post = g_post.to(acc).contiguous()
+    g_res = g_res.to(acc).contiguous()
+
+    # kernel 1: per token block; its partial sums have one row per program
+    cpu1 = {"BT": _cpu_tokens(T, 64), "BD": min(128, triton.next_power_of_2(d))}
+    blocks = triton.cdiv(
+        T, min(c.kwargs["BT"] for c in _coef_configs()) if H.is_cuda else cpu1["BT"]
+    )
+    part = torch.zeros((blocks, K + 3), dtype=acc, device=dev)
+    launch(
+        _manifold_pre_bwd_coef,
+        _coef_tuned,
+        lambda meta: (triton.cdiv(T, meta["BT"]),),
+        (H, g_h0, g_post, g_res, z, rinv, bias, alpha, flag, pre, dzs, cx, part, T, d, K, iters),
+        H.is_cuda,
+        cpu1,
+        N=n,
+        NP=NP,
+        KP=KP,
+        ACC=_acc(acc),
+    )
+    part = part.sum(0)
+
+    # kernel 2: per (features of every stream, token split)
+    if H.is_cuda:
+        columns = triton.cdiv(d, max(1, 128 // NP))
+        splits = max(1, min(triton.cdiv(T, 128), (4 * _sm_count(dev.index or 0)) // columns))
+    else:
+        splits = 1
+    per_split = triton.cdiv(T, splits)
+    g_phi = torch.empty((splits, n * d, K), dtype=acc, device=dev)
+    has_pass = g_pass is not None
+    g_pass = g_pass.contiguous() if has_pass else g_H  # unused without HAS_PASS
+    cpu2 = {
+        "BT": _cpu_tokens(T, 64),
+        "BD": max(16 // NP, min(triton.next_power_of_2(d), 256 // NP)),
+    }
+    launch(
+        _manifold_pre_bwd_state,
+        _state_kernel(NP),
+        lambda meta: (triton.cdiv(d, meta["BD"]), splits),
+        (H, g_h0, g_pass, pre, dzs, cx, phi, g_H, g_phi, T, d, K, per_split),
+        H.is_cuda,
+        cpu2,
+        N=n,
+        NP=NP,
+        KP=KP,
+        HAS_PASS=has_pass,
+        SPLIT=split,
+        PREC=prec,
+        ACC=_acc(acc),
+    )
+    return g_H, g_phi.sum(0), part[:K], part[K:]
+
+
+# ----------------------------------------------------------------------- autograd and API
+class ManifoldPre(torch.autograd.Function):
+    """``(h0, post, res, H_pass)`` of flat, contiguous inputs, with the fused backward.
+
+    Inputs as :func:`manifold_pre_forward`, with the three gates as separate ``(1,)`` tensors
+    (the module's parameters) and ``phi``, ``bias`` in any dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, H, phi, bias, alpha_pre, alpha_post, alpha_res, eps, iters):
+        acc = compute_dtype(H.dtype, phi.dtype)
+        phi_c = phi.to(acc).contiguous()
+        bias_c = bias.to(acc).contiguous()
+        alpha = torch.cat([a.reshape(1) for a in (alpha_pre, alpha_post, alpha_res)]).to(acc)
+        h0, post, res, z, rinv, flag = manifold_pre_forward(H, phi_c, bias_c, alpha, eps, iters)
+        ctx.save_for_backward(H, phi_c, bias_c, alpha, z, rinv, flag)
+        ctx.iters = iters
+        ctx.dtypes = (phi.dtype, bias.dtype, alpha_pre.dtype, alpha_post.dtype, alpha_res.dtype)
+        return h0, post, res, H.view_as(H)
+
+    @staticmethod
+    def backward(ctx, g_h0, g_post, g_res, g_pass):
+        H, phi, bias, alpha, z, rinv, flag = ctx.saved_tensors
+        g_H, g_phi, g_bias, g_alpha = manifold_pre_backward(
+            g_h0, g_post, g_res, g_pass, H, phi, bias, alpha, z, rinv, flag, ctx.iters
+        )
+        t_phi, t_bias, t_pre, t_post, t_res = ctx.dtypes
+        return (
+            g_H,
+            g_phi.to(t_phi),
+            g_bias.to(t_bias),
+            g_alpha[0:1].to(t_pre),
+            g_alpha[1:2].to(t_post),
+            g_alpha[2:3].to(t_res),
+            None,
+            None,
+        )
+
+
+def manifold_pre(
+    H: torch.Tensor,
+    phi: torch.Tensor,
+    bias: torch.Tensor,
+    alpha_pre: torch.Tensor,
+    alpha_post: torch.Tensor,
+    alpha_res: torch.Tensor,
+    eps: float,
+    iters: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC's read-out in one kernel: ``(h0, post, res, H_pass)`` from the state (Eqs. 7-8).
+
+    Args:
+        H: state ``(..., n, d)``, any floating dtype; leading dims are flattened to tokens.
+        phi: ``(n d, n^2 + 2n)`` = ``[phi_pre | phi_post | phi_res]``; bias ``(n^2 + 2n,)``;
+        alpha_pre, alpha_post, alpha_res: ``(1,)`` gates (the module's parameters).
+        eps: the RMSNorm's epsilon; iters: Sinkhorn-Knopp rounds.
+
+    Returns:
+        ``h0`` ``(..., d)`` in the dtype of ``H`` (the branch input), ``post`` ``(..., n)`` and
+        ``res`` ``(..., n, n)`` in float32 (float64 if ``H`` or ``phi`` is), and ``H_pass``:
+        ``H`` itself, to be passed on to :func:`hclib.kernels.post_res.post_res` so that its
+        state gradient is added inside this op's backward kernel instead of by autograd.
+
+    Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    """
+    *batch, n, d = H.shape
+    if phi.shape != (n * d, n * n + 2 * n):
+        raise ValueError(
+            f"for a state of {n} streams of width {d}, phi must have shape "
+            f"({n * d}, {n * n + 2 * n}), got {tuple(phi.shape)}"
+        )
+    H2 = H.reshape(-1, n, d).contiguous()  # (T, n, d)
+    h0, post, res, H_pass = ManifoldPre.apply(
+        H2, phi, bias, alpha_pre, alpha_post, alpha_res, float(eps), int(iters)
+    )
+    return (
+        h0.reshape(*batch, d),
+        post.reshape(*batch, n),
+        res.reshape(*batch, n, n),
+        H_pass.reshape(H.shape),
+    )
