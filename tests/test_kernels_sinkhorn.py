@@ -1,0 +1,148 @@
+"""Sinkhorn-Knopp in registers (hclib.kernels.sinkhorn) against the reference hclib.sinkhorn_knopp.
+
+The reference (mHC Eqs. 8-9, with its column-max prescale and log-space fallback) is the oracle:
+the kernel's forward must equal it and its backward, which recomputes the rounds instead of
+storing them, must equal autograd through it. On CPU the kernels run in Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1); the tests marked ``gpu`` repeat the comparison
+at a real size.
+"""
+
+import pytest
+import torch
+
+import hclib
+from hclib.kernels.dispatch import triton_available
+
+pytestmark = [
+    pytest.mark.skipif(not triton_available(), reason="needs triton"),
+    # the interpreter runs numpy, which warns on the 0/0 of an underflowed Sinkhorn round
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F32, F64 = torch.float32, torch.float64
+RATES = [1, 2, 4, 8]  # n
+ITERS = [1, 5, 20]  # Sinkhorn rounds t_max (mHC: 20)
+BATCHES = [(3,), (2, 5)]  # leading dims; tokens in one tile and over several
+
+
+def sinkhorn(logits, iters=20):
+    from hclib.kernels.sinkhorn import sinkhorn_knopp  # after conftest set the interpreter
+
+    return sinkhorn_knopp(logits, iters)
+
+
+def value_and_grad(fn, logits, grad):
+    x = logits.detach().clone().requires_grad_(True)
+    out = fn(x)
+    (g,) = torch.autograd.grad(out, x, grad)
+    return out, g
+
+
+def random_logits(batch, n, dtype=F32, scale=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*batch, n, n, generator=g, dtype=F64)).to(DEVICE, dtype)
+
+
+# ------------------------------------------------------------- forward and backward, float32
+@pytest.mark.parametrize("iters", ITERS)
+@pytest.mark.parametrize("n", RATES)
+def test_kernel_equals_the_reference_forward_and_backward_in_float32(n, iters):
+    batch = BATCHES[n % 2]
+    logits = random_logits(batch, n, seed=n + iters)
+    grad = random_logits(batch, n, scale=1.0, seed=100 + n)
+    out, g = value_and_grad(lambda x: sinkhorn(x, iters), logits, grad)
+    ref, ref_g = value_and_grad(lambda x: hclib.sinkhorn_knopp(x, iters), logits, grad)
+    assert out.shape == ref.shape and out.dtype == ref.dtype == F32
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g, ref_g, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", RATES)
+def test_kernel_equals_the_reference_in_float64_to_rounding(n):
+    logits = random_logits((4,), n, dtype=F64, seed=n)
+    grad = random_logits((4,), n, dtype=F64, scale=1.0, seed=10 + n)
+    out, g = value_and_grad(lambda x: sinkhorn(x, 20), logits, grad)
+    ref, ref_g = value_and_grad(lambda x: hclib.sinkhorn_knopp(x, 20), logits, grad)
+    assert out.dtype == F64
+    torch.testing.assert_close(out, ref, atol=1e-14, rtol=0)
+    torch.testing.assert_close(g, ref_g, atol=1e-13, rtol=0)
+
+
+# --------------------------------------------------------------------- float64 gradcheck
+@pytest.mark.parametrize("iters", ITERS)
+@pytest.mark.parametrize("n", RATES)
+def test_kernel_backward_passes_float64_gradcheck(n, iters):
+    # fast_mode checks one random direction v^T J u against finite differences: one backward
+    # call instead of one per output entry, which the interpreter could not afford.
+    logits = random_logits((2,), n, dtype=F64, seed=n * iters).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: sinkhorn(x, iters), (logits,), fast_mode=True)
+
+
+# --------------------------------------------------------------- the log-space fallback
+LARGE = ["std 100", "offset 1e4", "one token std 100"]
+
+
+@pytest.mark.parametrize("kind", LARGE)
+def test_kernel_falls_back_to_log_space_for_the_whole_call_as_the_reference(kind):
+    # float32 logits some 100 apart underflow in exp: the reference redoes every token of the
+    # call in log space, where entries that underflow without emptying a row stay positive. A
+    # per-token decision would give other numbers for the tokens that did not underflow.
+    logits = random_logits((16,), 4, scale=1.0, seed=3)
+    if kind == "std 100":
+        logits = 100.0 * logits
+    elif kind == "offset 1e4":
+        logits = logits + 1e4
+    else:
+        logits[5] *= 100.0  # only token 5 underflows
+    grad = random_logits((16,), 4, scale=1.0, seed=4)
+    out, g = value_and_grad(sinkhorn, logits, grad)
+    ref, ref_g = value_and_grad(hclib.sinkhorn_knopp, logits, grad)
+    assert torch.all(torch.isfinite(out)) and torch.all(torch.isfinite(g))
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g, ref_g, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ shapes and dtypes
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_computes_in_float32_and_returns_the_dtype_of_the_logits(dtype):
+    logits = random_logits((7,), 3, seed=1).to(dtype)
+    out = sinkhorn(logits)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, hclib.sinkhorn_knopp(logits), atol=0, rtol=0)
+
+
+def test_kernel_returns_an_empty_batch_unchanged_in_shape():
+    logits = torch.zeros(0, 4, 4, device=DEVICE, requires_grad=True)
+    out = sinkhorn(logits)
+    assert out.shape == (0, 4, 4)
+    out.sum().backward()
+    assert logits.grad.shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("logits", "iters", "error", "match"),
+    [
+        (torch.zeros(3, 4), 20, ValueError, r"\(\.\.\., n, n\), got \(3, 4\)"),
+        (torch.zeros(4), 20, ValueError, r"\(\.\.\., n, n\), got \(4,\)"),
+        (torch.zeros(2, 3, 3), 0, ValueError, "iters"),
+        ([[0.0]], 20, TypeError, "must be a torch.Tensor, got list"),
+    ],
+)
+def test_kernel_rejects_what_the_reference_rejects(logits, iters, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(logits, iters)
+    with pytest.raises(error, match=match):
+        hclib.sinkhorn_knopp(logits, iters)
+
+
+# --------------------------------------------------------------------------- GPU sizes
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", RATES)
+def test_kernel_equals_the_reference_at_32k_tokens_on_gpu(n):
+    logits = random_logits((32768,), n, seed=n)
+    grad = random_logits((32768,), n, scale=1.0, seed=n + 1)
+    out, g = value_and_grad(sinkhorn, logits, grad)
+    ref, ref_g = value_and_grad(hclib.sinkhorn_knopp, logits, grad)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g, ref_g, atol=1e-5, rtol=1e-4)
