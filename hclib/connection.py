@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from hclib.kernels.dispatch import check_impl
 from hclib.streams import check_count
 
 __all__ = [
@@ -109,10 +110,16 @@ class Connection(nn.Module):
         branch: any callable ``(..., d) -> (..., d)``; an ``nn.Module`` is registered as a
             submodule. Extra positional and keyword arguments given to the connection are
             forwarded to it.
+        impl: ``"auto"``, ``"torch"``, ``"compile"`` or ``"triton"``: what runs the
+            connection's own math, resolved on every call from the device of the state by
+            :func:`hclib.kernels.resolve_impl` (``"auto"``: the fused Triton kernels for CUDA
+            tensors when triton is installed, the PyTorch reference elsewhere). The attribute
+            ``impl`` may be changed after construction.
     """
 
-    def __init__(self, dim: int, branch: Callable[..., torch.Tensor]) -> None:
+    def __init__(self, dim: int, branch: Callable[..., torch.Tensor], impl: str = "auto") -> None:
         super().__init__()
+        self.impl = check_impl(impl)
         self.dim = check_count(dim, "dim", "features")
         if not callable(branch):
             raise TypeError(
@@ -160,7 +167,7 @@ class AlphaBetaConnection(Connection):
         branch: the wrapped callable.
         static_alpha: initial static alpha ``(k, cols)``; ``static_beta``: ``(k,)``.
         features: width of one stream or fraction (what ``W_alpha`` reads).
-        dynamic, tanh, norm, norm_affine, eps: see :class:`hclib.HyperConnection`.
+        dynamic, tanh, norm, norm_affine, eps, impl: see :class:`hclib.HyperConnection`.
     """
 
     #: parameters that take weight decay (HC Section 4, FC Section 4.3: the projections)
@@ -178,8 +185,9 @@ class AlphaBetaConnection(Connection):
         norm: str,
         norm_affine: bool,
         eps: float,
+        impl: str = "auto",
     ) -> None:
-        super().__init__(dim, branch)
+        super().__init__(dim, branch, impl)
         self.dynamic = bool(dynamic)
         self.use_tanh = bool(tanh)
         self.static_alpha = nn.Parameter(static_alpha)
@@ -238,6 +246,27 @@ class AlphaBetaConnection(Connection):
             return Hc, alpha, beta
         batch = Hc.shape[: Hc.dim() - 2]
         return Hc, alpha.expand(*batch, *alpha.shape[-2:]), beta.expand(*batch, beta.shape[-1])
+
+    def _fused_parameters(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`hclib.kernels.hyper_pre.hyper_pre` and
+        :func:`hclib.kernels.frac.frac_pre`: this module's parameters and settings."""
+        params: dict[str, Any] = {
+            "static_alpha": self.static_alpha,
+            "static_beta": self.static_beta,
+            "tanh": self.use_tanh,
+        }
+        if self.dynamic:
+            params.update(
+                dynamic_alpha=self.dynamic_alpha,
+                dynamic_beta=self.dynamic_beta,
+                alpha_scale=self.alpha_scale,
+                beta_scale=self.beta_scale,
+                norm_weight=self.norm.weight,
+                norm_bias=getattr(self.norm, "bias", None),  # RMSNorm has none
+                norm="layer" if isinstance(self.norm, nn.LayerNorm) else "rms",
+                eps=self.norm.eps,
+            )
+        return params
 
     def static_matrix(self) -> torch.Tensor:
         """The static connection matrix ``[[0, beta], [alpha]]``, detached.

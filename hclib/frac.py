@@ -27,9 +27,20 @@ from collections.abc import Callable
 import torch
 
 from hclib.connection import AlphaBetaConnection, Mappings, as_matrix, check_layer_id
+from hclib.kernels.dispatch import compiled, resolve_impl
 from hclib.streams import check_count, merge_fractions, split_fractions
 
 __all__ = ["FracConnection"]
+
+
+def _write_in(
+    y: torch.Tensor, A_mixed: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """FC Eq. 8, ``H^ = B^T o split(y) + A^T H``, in the dtype of ``A^T H``; the result in
+    ``dtype``."""
+    y = y.to(A_mixed.dtype)  # (..., d)
+    out = beta.unsqueeze(-1) * split_fractions(y, A_mixed.shape[-2]) + A_mixed  # (..., m, d/m)
+    return out.to(dtype)
 
 
 class FracConnection(AlphaBetaConnection):
@@ -48,6 +59,12 @@ class FracConnection(AlphaBetaConnection):
         norm_affine: give that norm learnable parameters (``norm="rms", norm_affine=True``
             matches the paper's count ``|theta_norm| = d/m``).
         eps: epsilon of that norm.
+        impl: ``"auto"`` (default), ``"torch"``, ``"compile"`` or ``"triton"``, resolved per
+            call by :func:`hclib.kernels.resolve_impl`: ``"torch"`` runs the equations below,
+            ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
+            ``"triton"`` the fused kernels :func:`hclib.kernels.frac.frac_pre` and
+            :func:`hclib.kernels.frac.frac_post_res`; ``"auto"`` picks ``"triton"`` for CUDA
+            tensors when triton is installed and ``"torch"`` elsewhere.
 
     Parameters (FC Algorithm 2 layout):
         ``static_alpha`` ``(m, 2m)`` = ``[Y | A]``; ``static_beta`` ``(m,)`` = ``B``;
@@ -69,6 +86,7 @@ class FracConnection(AlphaBetaConnection):
         norm: str = "layer",
         norm_affine: bool = False,
         eps: float = 1e-5,
+        impl: str = "auto",
     ) -> None:
         m = check_count(m, "m", "fractions")
         check_count(dim, "dim", "features")
@@ -77,7 +95,17 @@ class FracConnection(AlphaBetaConnection):
         static_alpha = torch.cat([torch.eye(m), torch.eye(m)], dim=1)  # Eq. 15: [Y | A] = [I | I]
         static_beta = torch.ones(m)  # B = 1
         super().__init__(
-            dim, branch, static_alpha, static_beta, dim // m, dynamic, tanh, norm, norm_affine, eps
+            dim,
+            branch,
+            static_alpha,
+            static_beta,
+            dim // m,
+            dynamic,
+            tanh,
+            norm,
+            norm_affine,
+            eps,
+            impl,
         )
         self.m = m
         self.frac_dim = dim // m
@@ -92,13 +120,31 @@ class FracConnection(AlphaBetaConnection):
         The connection math runs in float32 (float64 if the input or the module is float64);
         the branch sees its input in the dtype of ``H`` and the result has the dtype of ``H``.
         """
+        impl = resolve_impl(self.impl, self._check_state(H, *self._tail()))
+        if impl == "triton":
+            return self._forward_triton(H, args, kwargs)
+        read_out, write_in = FracConnection._read_out, _write_in
+        if impl == "compile":  # the same two functions, compiled once for every module
+            read_out, write_in = compiled(read_out), compiled(write_in)
+        h0, A_mixed, beta = read_out(self, H)
+        y = self._run_branch(h0, args, kwargs)  # (..., d)
+        return write_in(y, A_mixed, beta, H.dtype)
+
+    def _read_out(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reference up to the branch: ``h_0`` in the dtype of ``H``, ``A^T H`` and ``B``."""
         Hc, alpha, beta = self._state_weights(H, *self._tail(), expand=False)
         m = self.m
         mix = alpha.transpose(-1, -2) @ Hc  # [Y | A]^T H  (..., 2m, d/m)
         h0 = merge_fractions(mix[..., :m, :])  # concat(Y^T H)  (..., d)
-        y = self._run_branch(h0.to(H.dtype), args, kwargs).to(Hc.dtype)  # (..., d)
-        out = beta.unsqueeze(-1) * split_fractions(y, m) + mix[..., m:, :]  # Eq. 8 (..., m, d/m)
-        return out.to(H.dtype)
+        return h0.to(H.dtype), mix[..., m:, :], beta
+
+    def _forward_triton(self, H: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The fused split/mix/merge, the branch, the fused update; dtypes as the reference."""
+        from hclib.kernels.frac import frac_post_res, frac_pre  # imports triton: only on use
+
+        h0, post, res, H_pass = frac_pre(H, **self._fused_parameters())  # h0 (..., d)
+        y = self._run_branch(h0, args, kwargs)  # (..., d)
+        return frac_post_res(H_pass, y, post, res)  # Eq. 8 with post = B, res = A^T
 
     def mappings(self, H: torch.Tensor | None = None) -> Mappings:
         """Per-token ``pre = Y^T`` ``(..., m, m)``, ``post = B`` ``(..., m)``,

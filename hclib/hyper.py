@@ -29,9 +29,18 @@ from collections.abc import Callable
 import torch
 
 from hclib.connection import AlphaBetaConnection, Mappings, as_matrix, check_layer_id
+from hclib.kernels.dispatch import compiled, resolve_impl
 from hclib.streams import check_count
 
 __all__ = ["HyperConnection"]
+
+
+def _write_in(
+    y: torch.Tensor, H_mixed: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """HC Eq. 5, ``H^ = B^T y + H'``, in the dtype of ``H'``; the result in ``dtype``."""
+    out = beta.unsqueeze(-1) * y.to(H_mixed.dtype).unsqueeze(-2) + H_mixed  # (..., n, d)
+    return out.to(dtype)
 
 
 class HyperConnection(AlphaBetaConnection):
@@ -51,6 +60,13 @@ class HyperConnection(AlphaBetaConnection):
             in front of the zero-initialised projections is redundant, and the paper's
             OLMo parameter counts use a norm without parameters (Appendix B).
         eps: epsilon of that norm.
+        impl: ``"auto"`` (default), ``"torch"``, ``"compile"`` or ``"triton"``, resolved per
+            call by :func:`hclib.kernels.resolve_impl`: ``"torch"`` runs the equations below,
+            ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
+            ``"triton"`` the fused kernels :func:`hclib.kernels.hyper_pre.hyper_pre` (norm,
+            projection, tanh, scale and ``h_0`` in one read-out) and
+            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` for CUDA
+            tensors when triton is installed and ``"torch"`` elsewhere.
 
     Parameters (Algorithm 2 layout):
         ``static_alpha`` ``(n, n+1)`` = ``[A_m | A_r]``; ``static_beta`` ``(n,)`` = ``B``;
@@ -72,6 +88,7 @@ class HyperConnection(AlphaBetaConnection):
         norm: str = "layer",
         norm_affine: bool = False,
         eps: float = 1e-5,
+        impl: str = "auto",
     ) -> None:
         n = check_count(n, "n", "streams")
         layer_id = check_layer_id(layer_id)
@@ -81,7 +98,17 @@ class HyperConnection(AlphaBetaConnection):
         static_alpha[:, 1:] = torch.eye(n)
         static_beta = torch.ones(n)  # B  (n,)
         super().__init__(
-            dim, branch, static_alpha, static_beta, dim, dynamic, tanh, norm, norm_affine, eps
+            dim,
+            branch,
+            static_alpha,
+            static_beta,
+            dim,
+            dynamic,
+            tanh,
+            norm,
+            norm_affine,
+            eps,
+            impl,
         )
         self.n = n
         self.layer_id = layer_id
@@ -92,13 +119,32 @@ class HyperConnection(AlphaBetaConnection):
         The connection math runs in float32 (float64 if the input or the module is float64);
         the branch sees its input in the dtype of ``H`` and the result has the dtype of ``H``.
         """
+        impl = resolve_impl(self.impl, self._check_state(H, (self.n, self.dim), "(n, d)"))
+        if impl == "triton":
+            return self._forward_triton(H, args, kwargs)
+        read_out, write_in = HyperConnection._read_out, _write_in
+        if impl == "compile":  # the same two functions, compiled once for every module
+            read_out, write_in = compiled(read_out), compiled(write_in)
+        h0, H_mixed, beta = read_out(self, H)
+        y = self._run_branch(h0, args, kwargs)  # (..., d)
+        return write_in(y, H_mixed, beta, H.dtype)
+
+    def _read_out(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reference up to the branch: ``h_0`` in the dtype of ``H``, ``H'`` and ``B``."""
         Hc, alpha, beta = self._state_weights(H, (self.n, self.dim), "(n, d)", expand=False)
         # Algorithm 1 line 5: one matmul gives the branch input (row 0) and H' (rows 1..n).
         mix = alpha.transpose(-1, -2) @ Hc  # WC^T H  (..., n+1, d)
         h0, H_mixed = mix[..., 0, :], mix[..., 1:, :]  # Eq. 3 (..., d), Eq. 4 (..., n, d)
-        y = self._run_branch(h0.to(H.dtype), args, kwargs).to(Hc.dtype)  # (..., d)
-        out = beta.unsqueeze(-1) * y.unsqueeze(-2) + H_mixed  # Eq. 5  (..., n, d)
-        return out.to(H.dtype)
+        return h0.to(H.dtype), H_mixed, beta
+
+    def _forward_triton(self, H: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The fused read-out, the branch, the fused write-in; same dtypes as the reference."""
+        from hclib.kernels.hyper_pre import hyper_pre  # imports triton: only on use
+        from hclib.kernels.post_res import post_res
+
+        h0, post, res, H_pass = hyper_pre(H, **self._fused_parameters())  # h0 (..., d)
+        y = self._run_branch(h0, args, kwargs)  # (..., d)
+        return post_res(H_pass, y, post, res)  # Eq. 5 with post = B, res = A_r^T
 
     def mappings(self, H: torch.Tensor | None = None) -> Mappings:
         """Per-token ``pre = A_m^T`` ``(..., n)``, ``post = B`` ``(..., n)``,

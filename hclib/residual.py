@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hclib.connection import Connection, Mappings, apply_norm
+from hclib.kernels.dispatch import resolve_impl
 
 __all__ = ["Residual"]
 
@@ -29,6 +30,9 @@ class Residual(Connection):
             own norm at its input (``T := T o Norm``); for ``norm="post"`` it should not.
         norm: ``"pre"`` for ``h + T(h)``; ``"post"`` for ``LayerNorm(h + T(h))``.
         eps: epsilon of the Post-Norm LayerNorm.
+        impl: ``"auto"``, ``"torch"``, ``"compile"`` or ``"triton"``, accepted and checked for
+            a uniform API: there is nothing to fuse, since ``h + T(h)`` already reads the
+            state once and writes it once, so every choice runs the same PyTorch code.
 
     Shapes:
         state ``(..., d)`` -> ``(..., d)``.
@@ -40,8 +44,9 @@ class Residual(Connection):
         branch: Callable[..., torch.Tensor],
         norm: str = "pre",
         eps: float = 1e-5,
+        impl: str = "auto",
     ) -> None:
-        super().__init__(dim, branch)
+        super().__init__(dim, branch, impl)
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.placement = norm
@@ -50,6 +55,7 @@ class Residual(Connection):
     def forward(self, h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``(..., d) -> (..., d)``; extra arguments go to the branch."""
         h = self._check_state(h, (self.dim,), "(d)")
+        resolve_impl(self.impl, h)  # checked; nothing to fuse, every impl runs this code
         out = h + self._run_branch(h, args, kwargs)  # HC Eq. 15
         if self.post_norm is not None:
             out = apply_norm(self.post_norm, out)  # HC Eq. 16, in the dtype of h

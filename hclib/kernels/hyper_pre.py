@@ -1,0 +1,639 @@
+"""Fused read-out of HC (static and dynamic): the branch input and the per-token weights.
+
+Math, per token, for a state of ``k`` rows of ``f`` features (HC: ``k = n`` streams of
+``f = d``; FC: ``k = m`` fractions of ``f = d/m``, see :mod:`hclib.kernels.frac`) and ``p``
+read-out columns (HC: ``p = 1``; FC: ``p = m``). The weights of row ``i`` are one vector of
+``p + k + 1`` coefficients ``[alpha_i | beta_i]`` (HC Eqs. 10-13, FC Eqs. 11-14)::
+
+    z_i    = norm(H_i) @ [W_alpha | W_beta]                     (p + k + 1,)
+    coef_i = [s_alpha, ..., s_alpha, s_beta] * act(z_i) + [static_alpha_i | static_beta_i]
+    out_j  = sum_i coef_i[j] H_i             for j < p         the read-out (HC Eq. 3)
+
+and the step after the branch needs ``post_i = coef_i[p + k]`` (``B``) and
+``res[:, i] = coef_i[p : p + k]`` (``A_r^T``). ``act`` is ``tanh`` (written with ``exp``) or the
+identity; ``norm`` is LayerNorm or RMSNorm over the ``f`` features of a row, with or without
+a gain and bias. Static connections skip the weights: ``coef = static`` for every token.
+
+One pass over ``H`` computes the weights: the norm is linear once its statistics are known, so
+``z = rstd (sum_d (H - c) gamma W - (mu - c) gamma @ W) + bias @ W`` needs only per-row sums
+of ``H - c``, ``(H - c)^2`` and ``(H - c) gamma W``, accumulated together (``c``, the row's
+first feature, is a shift that keeps ``E[x^2] - E[x]^2`` from cancelling). The read-out then
+needs the weights, so a second pass over the same token's ``H`` follows inside the same
+program, right after the first: on a GPU it is served from L2 (a token's state is
+``k f s`` bytes, 32 KiB at n = 4, d = 4096, bf16), so HBM sees ``H`` once.
+
+Bytes per token (``s`` bytes per element): forward reads ``k f s`` and writes ``p f s``
+(the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights and statistics. The
+backward reads ``H``, ``dout`` and the post+res path's ``dH`` and writes ``dH``:
+``(2 k + p) f s + k f s``, plus, per program of ``BT`` tokens, one float32 partial sum
+``(p + k + 1, f)`` for the projection's gradient, reduced over programs in PyTorch afterwards
+(deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's bytes, ~9 % for
+HC n = 4 in bf16 with ``BT = 32``. All other parameter gradients follow from that sum and
+from per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorch.
+
+Layout: ``H`` flattened to ``(T, k, f)`` contiguous; one program per ``BT`` tokens looping
+over ``f`` in blocks of ``BD``; tiles ``(BT, k, BD)`` with ``k`` padded to a power of two.
+Math in float32 (float64 for float64 inputs); the read-out in the dtype of ``H``.
+
+Layers: ``_readout_fwd`` / ``_readout_bwd`` (kernels) -> :func:`readout_forward` /
+:func:`readout_backward` (launchers) -> :class:`ReadOut` (``torch.autograd.Function``) ->
+:func:`hyper_pre` (HC) and :func:`hclib.kernels.frac.frac_pre` (FC). The oracle is
+:class:`hclib.HyperConnection` itself (its ``mappings`` and forward).
+
+Derived in: notebooks/07_memory_traffic_and_fused_kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from hclib.connection import compute_dtype
+from hclib.kernels.dispatch import launch
+
+__all__ = [
+    "ReadOut",
+    "ReadOutConfig",
+    "hyper_pre",
+    "readout",
+    "readout_backward",
+    "readout_forward",
+]
+
+
+# ------------------------------------------------------------------------------- kernels
+@triton.jit
+def _tanh(x):
+    """``tanh`` from ``exp`` (the interpreter has no libdevice): odd, saturating, no overflow."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    r = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _row(x, i, ii):
+    """Row ``ii`` of a ``(BT, KP, NCP)`` tile: ``(BT, NCP)``."""
+    return tl.sum(tl.where(i[None, :, None] == ii, x, 0.0), axis=1)
+
+
+@triton.jit
+def _columns(x, c, j):
+    """The first ``PP`` columns of a ``(BT, NCP)`` tile: ``(BT, PP)``."""
+    return tl.sum(tl.where(c[None, None, :] == j[None, :, None], x[:, None, :], 0.0), axis=2)
+
+
+@triton.jit
+def _readout_fwd(
+    H,  # (T, K, F) state
+    STATIC,  # (K, NC) [static_alpha | static_beta]
+    W,  # (F, NC) [W_alpha | W_beta]                      (DYNAMIC)
+    GAMMA,  # (F,) norm gain                               (AFFINE_W)
+    GW,  # (NC,) gamma @ W (or the column sums of W)
+    BW,  # (NC,) norm bias @ W (or zeros)
+    SCALE,  # (NC,) [s_alpha, ..., s_alpha, s_beta]
+    OUT,  # (T, P, F) read-out, dtype of H
+    COEF,  # (T, K, NC) out: the weights                   (DYNAMIC)
+    Z,  # (T, K, NC) out: the projections before act       (DYNAMIC)
+    MEAN,  # (T, K) out
+    RSTD,  # (T, K) out
+    T,
+    F,
+    eps,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    P: tl.constexpr,
+    PP: tl.constexpr,
+    NC: tl.constexpr,
+    NCP: tl.constexpr,
+    DYNAMIC: tl.constexpr,
+    LAYER: tl.constexpr,
+    AFFINE_W: tl.constexpr,
+    TANH: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    t = (pid * BT + tl.arange(0, BT)).to(tl.int64)  # (BT,) tokens
+    i = tl.arange(0, KP)  # rows
+    j = tl.arange(0, PP)  # read-out columns
+    c = tl.arange(0, NCP)  # coefficients
+    t_ok, i_ok, c_ok = t < T, i < K, c < NC
+    ti_ok = t_ok[:, None] & i_ok[None, :]  # (BT, KP)
+    tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]  # (BT, KP, NCP)
+    ic = i[:, None] * NC + c[None, :]  # (KP, NCP) offsets in a (K, NC) block
+    static = tl.load(STATIC + ic, mask=i_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
+    if DYNAMIC:
+        # pass 1: row sums of H - shift, (H - shift)^2 and (H - shift) gamma W, together
+        shift = tl.zeros((BT, KP), dtype=ACC)
+        if LAYER:
+            shift = tl.load(H + t[:, None] * (K * F) + i[None, :] * F, mask=ti_ok, other=0.0)
+            shift = shift.to(ACC)
+        s1 = tl.zeros((BT, KP), dtype=ACC)
+        s2 = tl.zeros((BT, KP), dtype=ACC)
+        u = tl.zeros((BT, KP, NCP), dtype=ACC)
+        for d0 in range(0, F, BD):
+            d = d0 + tl.arange(0, BD)
+            d_ok = d < F
+            tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+            rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+            h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
+            h = tl.where(tid_ok, h - shift[:, :, None], 0.0)
+            s1 += tl.sum(h, axis=2)
+            s2 += tl.sum(h * h, axis=2)
+            if AFFINE_W:
+                h = h * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
+            for cc in tl.static_range(NC):
+                w_c = tl.load(W + d * NC + cc, mask=d_ok, other=0.0).to(ACC)  # (BD,)
+                u_c = tl.sum(h * w_c[None, None, :], axis=2)  # (BT, KP)
+                u += tl.where(c[None, None, :] == cc, u_c[:, :, None], 0.0)
+        gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
+        bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
+        m1 = s1 / F  # mean of H - shift
+        if LAYER:
+            var = tl.maximum(s2 / F - m1 * m1, 0.0)
+            mean = shift + m1
+            u = u - m1[:, :, None] * gw[None, None, :]  # sum_d (H - mu) gamma W
+        else:
+            var = s2 / F  # mean square (RMSNorm)
+            mean = tl.zeros((BT, KP), dtype=ACC)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        z = rstd[:, :, None] * u + bw[None, None, :]  # norm(H_i) @ W  (BT, KP, NCP)
+        a = _tanh(z) if TANH else z
+        scale = tl.load(SCALE + c, mask=c_ok, other=0.0).to(ACC)
+        coef = scale[None, None, :] * a + static[None, :, :]  # (BT, KP, NCP)
+        tic = t[:, None, None] * (K * NC) + ic[None, :, :]
+        tl.store(COEF + tic, coef, mask=tic_ok)
+        tl.store(Z + tic, z, mask=tic_ok)
+        tl.store(MEAN + t[:, None] * K + i[None, :], mean, mask=ti_ok)
+        tl.store(RSTD + t[:, None] * K + i[None, :], rstd, mask=ti_ok)
+    else:
+        coef = tl.zeros((BT, KP, NCP), dtype=ACC) + static[None, :, :]
+    # pass 2: out_j = sum_i coef_i[j] H_i (the same token's H again: from L2 on a GPU)
+    for d0 in range(0, F, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < F
+        td_ok = t_ok[:, None] & d_ok[None, :]
+        out = tl.zeros((BT, PP, BD), dtype=ACC)
+        for ii in tl.static_range(K):
+            h_i = tl.load(H + t[:, None] * (K * F) + ii * F + d[None, :], mask=td_ok, other=0.0)
+            p_i = _columns(_row(coef, i, ii), c, j)  # coef_i[:P]  (BT, PP)
+            out += p_i[:, :, None] * h_i.to(ACC)[:, None, :]
+        outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
+        out_ok = td_ok[:, None, :] & (j < P)[None, :, None]
+        tl.store(OUT + outs, out.to(OUT.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _readout_bwd(
+    GOUT,  # (T, P, F) gradient of the read-out
+    GHP,  # (T, K, F) gradient of H from the post+res step                 (HAS_GHP)
+    GIN,  # (T, K, NC) gradient of the weights from the post+res step     (HAS_GIN)
+    H,  # (T, K, F)
+    STATIC,  # (K, NC)
+    COEF,  # (T, K, NC)                                                   (DYNAMIC)
+    Z,  # (T, K, NC)                                                      (DYNAMIC)
+    MEAN,  # (T, K)
+    RSTD,  # (T, K)
+    W,  # (F, NC)
+    GAMMA,  # (F,)                                                        (AFFINE_W)
+    GW,  # (NC,)
+    BW,  # (NC,)
+    SCALE,  # (NC,)
+    GH,  # (T, K, F) out, dtype of H
+    GCOEF,  # (T, K, NC) out: gradient of the weights, read-out included
+    GZ,  # (T, K, NC) out: gradient of the projections                    (DYNAMIC)
+    SPART,  # (programs, NC, F) out: sum over the program's rows of xhat g_z (DYNAMIC)
+    T,
+    F,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    P: tl.constexpr,
+    PP: tl.constexpr,
+    NC: tl.constexpr,
+    NCP: tl.constexpr,
+    DYNAMIC: tl.constexpr,
+    LAYER: tl.constexpr,
+    AFFINE_W: tl.constexpr,
+    TANH: tl.constexpr,
+    HAS_GHP: tl.constexpr,
+    HAS_GIN: tl.constexpr,
+    ACC: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    t = pid * BT + tl.arange(0, BT)  # (BT,) tokens
+    i = tl.arange(0, KP)
+    c = tl.arange(0, NCP)
+    t_ok, i_ok, c_ok = t < T, i < K, c < NC
+    ti_ok = t_ok[:, None] & i_ok[None, :]
+    tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]
+    ic = i[:, None] * NC + c[None, :]
+    tic = t[:, None, None] * (K * NC) + ic[None, :, :]
+    if DYNAMIC:
+        coef = tl.load(COEF + tic, mask=tic_ok, other=0.0).to(ACC)
+    else:
+        static = tl.load(STATIC + ic, mask=i_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
+        coef = tl.zeros((BT, KP, NCP), dtype=ACC) + static[None, :, :]
+    if HAS_GIN:
+        g_coef = tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
+    else:
+        g_coef = tl.zeros((BT, KP, NCP), dtype=ACC)
+    # pass 1: the read-out weights' gradient, d coef_i[j] = sum_d dout_j H_i
+    for d0 in range(0, F, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < F
+        td_ok = t_ok[:, None] & d_ok[None, :]
+        tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+        rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+        h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
+        for jj in tl.static_range(P):
+            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
+            col = tl.sum(h * go.to(ACC)[:, None, :], axis=2)  # (BT, KP)
+            g_coef += tl.where(c[None, None, :] == jj, col[:, :, None], 0.0)
+    tl.store(GCOEF + tic, g_coef, mask=tic_ok)
+    if DYNAMIC:
+        z = tl.load(Z + tic, mask=tic_ok, other=0.0).to(ACC)
+        scale = tl.load(SCALE + c, mask=c_ok, other=0.0).to(ACC)
+        g_z = g_coef * scale[None, None, :]
+        if TANH:
+            a = _tanh(z)
+            g_z = g_z * (1.0 - a * a)
+        tl.store(GZ + tic, g_z, mask=tic_ok)
+        mean = tl.load(MEAN + t[:, None] * K + i[None, :], mask=ti_ok, other=0.0).to(ACC)
+        rstd = tl.load(RSTD + t[:, None] * K + i[None, :], mask=ti_ok, other=0.0).to(ACC)
+        gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
+        bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
+        # the norm's backward needs mean_d(dxhat) and mean_d(dxhat xhat), both closed forms:
+        # dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and g_z . (z - bias @ W)
+        c1 = tl.sum(g_z * gw[None, None, :], axis=2) / F  # (BT, KP)
+        c2 = tl.sum(g_z * (z - bw[None, None, :]), axis=2) / F
+    # pass 2: dH_i = sum_j coef_i[j] dout_j + dH_i(post+res) + the norm's backward
+    for d0 in range(0, F, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < F
+        td_ok = t_ok[:, None] & d_ok[None, :]
+        tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+        rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+        if HAS_GHP:
+            g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
+        else:
+            g_h = tl.zeros((BT, KP, BD), dtype=ACC)
+        for jj in tl.static_range(P):
+            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
+            p_j = tl.sum(tl.where(c[None, None, :] == jj, coef, 0.0), axis=2)  # (BT, KP)
+            g_h += p_j[:, :, None] * go.to(ACC)[:, None, :]
+        if DYNAMIC:
+            h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)
+            if LAYER:
+                xhat = (h - mean[:, :, None]) * rstd[:, :, None]
+            else:
+                xhat = h * rstd[:, :, None]
+            xhat = tl.where(tid_ok, xhat, 0.0)
+            g_hn = tl.zeros((BT, KP, BD), dtype=ACC)
+            for cc in tl.static_range(NC):
+                w_c = tl.load(W + d * NC + cc, mask=d_ok, other=0.0).to(ACC)  # (BD,)
+                gz_c = tl.sum(tl.where(c[None, None, :] == cc, g_z, 0.0), axis=2)  # (BT, KP)
+                g_hn += gz_c[:, :, None] * w_c[None, None, :]
+                s_c = tl.sum(tl.sum(xhat * gz_c[:, :, None], axis=1), axis=0)  # (BD,)
+                tl.store(SPART + pid * (NC * F) + cc * F + d, s_c, mask=d_ok)
+            if AFFINE_W:
+                g_hn = g_hn * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
+            if LAYER:
+                g_h += rstd[:, :, None] * (g_hn - c1[:, :, None] - xhat * c2[:, :, None])
+            else:
+                g_h += rstd[:, :, None] * (g_hn - xhat * c2[:, :, None])
+        tl.store(GH + rows, g_h.to(GH.dtype.element_ty), mask=tid_ok)
+
+
+_readout_fwd_tuned = triton.autotune(
+    configs=[
+        triton.Config({"BT": bt, "BD": bd}, num_warps=w)
+        for bt, bd, w in [(1, 256, 4), (1, 512, 4), (1, 1024, 8), (2, 256, 4), (4, 128, 4)]
+    ],
+    key=["F", "K", "P", "DYNAMIC"],
+)(_readout_fwd)
+# BT is fixed by the launcher in the backward (it sizes the buffer of partial sums)
+_readout_bwd_tuned = triton.autotune(
+    configs=[
+        triton.Config({"BD": bd}, num_warps=w)
+        for bd, w in [(16, 4), (32, 4), (32, 8), (64, 8), (128, 8)]
+    ],
+    key=["F", "K", "P", "BT", "DYNAMIC"],
+)(_readout_bwd)
+
+#: tokens per program of the backward on a GPU: more tokens, fewer partial sums to write
+GPU_BACKWARD_TOKENS = 32
+
+
+# ----------------------------------------------------------------------------- launchers
+class ReadOutConfig(NamedTuple):
+    """The constant part of a read-out: ``P`` read-out columns, the norm and the activation."""
+
+    P: int  #: read-out columns (HC: 1, FC: m)
+    layer: bool  #: LayerNorm (True) or RMSNorm (False)
+    eps: float  #: the norm's epsilon
+    tanh: bool  #: tanh on the projections
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _cpu_block_d(F: int) -> int:
+    return min(triton.next_power_of_2(F), 128)
+
+
+def _cpu_block_t(T: int, KP: int, BD: int) -> int:
+    """Tokens per program in the interpreter: few, large programs (each runs in Python)."""
+    return max(1, min(triton.next_power_of_2(T), 4096 // (KP * BD)))
+
+
+def _meta(K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, acc) -> dict:
+    P = cfg.P
+    return dict(
+        K=K,
+        KP=triton.next_power_of_2(K),
+        P=P,
+        PP=triton.next_power_of_2(P),
+        NC=NC,
+        NCP=triton.next_power_of_2(NC),
+        DYNAMIC=dynamic,
+        LAYER=cfg.layer,
+        AFFINE_W=affine_w,
+        TANH=cfg.tanh,
+        ACC=_acc(acc),
+    )
+
+
+def _norm_folds(W, gamma, bias):
+    """``gamma @ W`` and ``bias @ W``, ``(NC,)`` each (the column sums and zeros without them)."""
+    gw = W.sum(0) if gamma is None else gamma @ W
+    bw = torch.zeros_like(gw) if bias is None else bias @ W
+    return gw.contiguous(), bw.contiguous()
+
+
+def readout_forward(H, static, W, gamma, bias, scale, cfg: ReadOutConfig):
+    """Launch the forward kernel on a flat, contiguous state.
+
+    Args:
+        H: ``(T, k, f)``.
+        static: ``(k, NC)`` = ``[static_alpha | static_beta]`` with ``NC = p + k + 1``.
+        W: ``(f, NC)`` = ``[W_alpha | W_beta]``, or None for a static connection (then
+            ``gamma``, ``bias`` and ``scale`` are None too).
+        gamma, bias: the norm's gain and bias ``(f,)``, or None.
+        scale: ``(NC,)`` = ``[s_alpha] * (p + k) + [s_beta]``.
+        cfg: see :class:`ReadOutConfig`.
+
+    Returns:
+        ``(out, coef, z, mean, rstd)``: the read-out ``(T, p, f)`` in the dtype of ``H``; for
+        dynamic weights the weights and projections ``(T, k, NC)`` and the norm's statistics
+        ``(T, k)`` in the compute dtype (None for static ones).
+    """
+    T, K, F = H.shape
+    NC = static.shape[1]
+    dynamic = W is not None
+    out = torch.empty((T, cfg.P, F), dtype=H.dtype, device=H.device)
+    coef = z = mean = rstd = None
+    if dynamic:
+        coef = torch.empty((T, K, NC), dtype=static.dtype, device=H.device)
+        z = torch.empty_like(coef)
+        mean = torch.empty((T, K), dtype=static.dtype, device=H.device)
+        rstd = torch.empty_like(mean)
+        gw, bw = _norm_folds(W, gamma, bias)
+    if T == 0:
+        return out, coef, z, mean, rstd
+    meta = _meta(K, NC, cfg, dynamic, gamma is not None, static.dtype)
+    dummy = static
+    args = (H, static, W if dynamic else dummy, dummy if gamma is None else gamma)
+    args += (gw, bw, scale) if dynamic else (dummy, dummy, dummy)
+    args += (out,) + ((coef, z, mean, rstd) if dynamic else (dummy,) * 4)
+    args += (T, F, cfg.eps)
+    BD = _cpu_block_d(F)
+    launch(
+        _readout_fwd,
+        _readout_fwd_tuned,
+        lambda m: (triton.cdiv(T, m["BT"]),),
+        args,
+        H.is_cuda,
+        {"BT": _cpu_block_t(T, meta["KP"], BD), "BD": BD},
+        **meta,
+    )
+    return out, coef, z, mean, rstd
+
+
+def readout_backward(g_out, g_hp, g_coef, saved, cfg: ReadOutConfig):
+    """Launch the backward kernel and reduce the parameter gradients.
+
+    Args:
+        g_out: gradient of the read-out ``(T, p, f)`` (None: zero).
+        g_hp: gradient of ``H`` from the post+res step ``(T, k, f)`` (None: zero).
+        g_coef: gradient of the weights ``(T, k, NC)`` from the post+res step (None: zero).
+        saved: ``(H, static, W, gamma, bias, scale, coef, z, mean, rstd)``.
+
+    Returns:
+        ``(dH, dstatic, dW, dgamma, dbias, dscale)``, None where the input was None.
+    """
+    H, static, W, gamma, bias, scale, coef, z, mean, rstd = saved
+    T, K, F = H.shape
+    NC = static.shape[1]
+    dynamic = W is not None
+    acc = static.dtype
+    if g_out is None:
+        g_out = torch.zeros((T, cfg.P, F), dtype=H.dtype, device=H.device)
+    g_out = g_out.contiguous()
+    g_H = torch.empty_like(H)
+    g_coef_all = torch.zeros((T, K, NC), dtype=acc, device=H.device)
+    g_static = torch.zeros_like(static)
+    if T == 0:
+        if g_hp is not None:
+            g_H = g_hp.to(H.dtype)
+        if not dynamic:
+            return g_H, g_static, None, None, None, None
+        zero = torch.zeros_like
+        g_gamma = None if gamma is None else zero(gamma)
+        return g_H, g_static, zero(W), g_gamma, None if bias is None else zero(bias), zero(scale)
+    on_gpu = H.is_cuda
+    BD = _cpu_block_d(F)
+    BT = min(GPU_BACKWARD_TOKENS, triton.next_power_of_2(T)) if on_gpu else None
+    meta = _meta(K, NC, cfg, dynamic, gamma is not None, acc)
+    BT = BT or _cpu_block_t(T, meta["KP"], BD)
+    programs = triton.cdiv(T, BT)
+    dummy = static
+    if dynamic:
+        g_z = torch.empty((T, K, NC), dtype=acc, device=H.device)
+        s_part = torch.empty((programs, NC, F), dtype=acc, device=H.device)
+        gw, bw = _norm_folds(W, gamma, bias)
+    args = (g_out, dummy if g_hp is None else g_hp.contiguous())
+    args += (dummy if g_coef is None else g_coef.contiguous(), H, static)
+    if dynamic:
+        args += (coef, z, mean, rstd, W, dummy if gamma is None else gamma, gw, bw, scale)
+        args += (g_H, g_coef_all, g_z, s_part, T, F)
+    else:
+        args += (dummy,) * 9 + (g_H, g_coef_all, dummy, dummy, T, F)
+    launch(
+        _readout_bwd,
+        _readout_bwd_tuned,
+        lambda m: (programs,),
+        args,
+        on_gpu,
+        {"BD": BD},
+        BT=BT,
+        HAS_GHP=g_hp is not None,
+        HAS_GIN=g_coef is not None,
+        **meta,
+    )
+    g_static = g_coef_all.sum(0)  # (k, NC)
+    if not dynamic:
+        return g_H, g_static, None, None, None, None
+    S = s_part.sum(0).T  # sum over tokens and rows of xhat g_z  (f, NC)
+    G = g_z.sum((0, 1))  # sum over tokens and rows of g_z  (NC,)
+    # z = (xhat gamma + bias) @ W: every parameter gradient is a fold of S and G
+    g_W = S if gamma is None else gamma[:, None] * S
+    if bias is not None:
+        g_W = g_W + bias[:, None] * G[None, :]
+    g_gamma = None if gamma is None else (W * S).sum(1)
+    g_bias = None if bias is None else W @ G
+    a = torch.tanh(z) if cfg.tanh else z
+    g_scale = (g_coef_all * a).sum((0, 1))  # (NC,)
+    return g_H, g_static, g_W, g_gamma, g_bias, g_scale
+
+
+# ----------------------------------------------------------------------- autograd and API
+class ReadOut(torch.autograd.Function):
+    """The read-out and weights of :func:`readout_forward`, with the fused backward.
+
+    Returns ``(out, H, coef)`` (dynamic) or ``(out, H)`` (static). The state comes back
+    unchanged as an output so that the post+res step can take it from here: its gradient then
+    arrives in this backward, which adds it to the read-out's inside the kernel instead of
+    leaving a separate addition of two state-sized gradients to autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, H, static, W, gamma, bias, scale, cfg):
+        out, coef, z, mean, rstd = readout_forward(H, static, W, gamma, bias, scale, cfg)
+        ctx.cfg = cfg
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(H, static, W, gamma, bias, scale, coef, z, mean, rstd)
+        return (out, H) if W is None else (out, H, coef)
+
+    @staticmethod
+    def backward(ctx, g_out, g_hp, g_coef=None):
+        grads = readout_backward(g_out, g_hp, g_coef, ctx.saved_tensors, ctx.cfg)
+        return (*grads, None)
+
+
+def readout(
+    H: torch.Tensor,
+    P: int,
+    static_alpha: torch.Tensor,
+    static_beta: torch.Tensor,
+    dynamic_alpha: torch.Tensor | None = None,
+    dynamic_beta: torch.Tensor | None = None,
+    alpha_scale: torch.Tensor | None = None,
+    beta_scale: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    *,
+    norm: str = "layer",
+    eps: float | None = 1e-5,
+    tanh: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The read-out of an alpha-beta connection (HC or FC) on a flat state ``(T, k, f)``.
+
+    Args:
+        H: ``(T, k, f)``.
+        P: read-out columns ``p`` (HC: 1, FC: ``m``).
+        static_alpha: ``(k, p + k)``; static_beta: ``(k,)``.
+        dynamic_alpha: ``(f, p + k)``; dynamic_beta: ``(f,)``; alpha_scale, beta_scale:
+            ``(1,)``; all None for a static connection.
+        norm_weight, norm_bias: the norm's gain and bias ``(f,)``, or None.
+        norm: ``"layer"`` or ``"rms"``; eps: its epsilon (None: the dtype's machine epsilon,
+            as :class:`torch.nn.RMSNorm`); tanh: tanh on the projections.
+
+    Returns:
+        ``(out, post, res, H_pass)``: the read-out ``(T, p, f)`` in the dtype of ``H``;
+        ``post`` ``(T, k)`` and ``res`` ``(T, k, k)`` (``(k,)`` and ``(k, k)`` when static) in
+        the compute dtype; and ``H`` routed through the op, to be given to the post+res step
+        in place of ``H`` (see :class:`ReadOut`).
+    """
+    T, K, F = H.shape
+    acc = compute_dtype(H.dtype, static_alpha.dtype)
+    static = torch.cat([static_alpha, static_beta[:, None]], dim=1).to(acc)  # (k, NC)
+    if eps is None:
+        eps = torch.finfo(acc).eps
+    cfg = ReadOutConfig(P=P, layer=norm == "layer", eps=float(eps), tanh=bool(tanh))
+    if dynamic_alpha is None:
+        out, H_pass = ReadOut.apply(H, static.contiguous(), None, None, None, None, cfg)
+        return out, static[:, P + K], static[:, P : P + K].T, H_pass
+    W = torch.cat([dynamic_alpha, dynamic_beta[:, None]], dim=1).to(acc)  # (f, NC)
+    scale = torch.cat([alpha_scale.expand(P + K), beta_scale.reshape(1)]).to(acc)  # (NC,)
+    gamma = None if norm_weight is None else norm_weight.to(acc).contiguous()
+    bias = None if norm_bias is None else norm_bias.to(acc).contiguous()
+    out, H_pass, coef = ReadOut.apply(
+        H, static.contiguous(), W.contiguous(), gamma, bias, scale.contiguous(), cfg
+    )
+    return out, coef[..., P + K], coef[..., P : P + K].transpose(-1, -2), H_pass
+
+
+def hyper_pre(
+    H: torch.Tensor,
+    static_alpha: torch.Tensor,
+    static_beta: torch.Tensor,
+    dynamic_alpha: torch.Tensor | None = None,
+    dynamic_beta: torch.Tensor | None = None,
+    alpha_scale: torch.Tensor | None = None,
+    beta_scale: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_bias: torch.Tensor | None = None,
+    *,
+    norm: str = "layer",
+    eps: float | None = 1e-5,
+    tanh: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HC's fused read-out: the branch input ``h0 = A_m^T H`` (Eq. 3) and the per-token
+    ``post = B`` and ``res = A_r^T`` (Eqs. 10-13), differentiable.
+
+    The parameters are those of :class:`hclib.HyperConnection` (Algorithm 2 layout):
+    ``static_alpha`` ``(n, n+1)`` = ``[A_m | A_r]``, ``static_beta`` ``(n,)``; for dynamic HC
+    also ``dynamic_alpha`` ``(d, n+1)``, ``dynamic_beta`` ``(d,)``, ``alpha_scale`` and
+    ``beta_scale`` ``(1,)``, and the norm's gain and bias ``(d,)`` when it has them.
+
+    Args:
+        H: state ``(..., n, d)``; leading dims are flattened to tokens.
+        norm, eps, tanh: as :class:`hclib.HyperConnection`.
+
+    Returns:
+        ``(h0, post, res, H_pass)``: ``h0`` ``(..., d)`` in the dtype of ``H``; ``post``
+        ``(..., n)`` and ``res`` ``(..., n, n)`` in the compute dtype (float32, or float64),
+        without leading dims for static HC; ``H_pass`` is ``H`` routed through the op: give
+        it, not ``H``, to :func:`hclib.kernels.post_res.post_res` so that both gradients of
+        the state are summed inside the fused backward.
+
+    Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    """
+    *batch, n, d = H.shape
+    T = math.prod(batch)
+    out, post, res, H_pass = readout(
+        H.reshape(T, n, d).contiguous(),
+        1,
+        static_alpha,
+        static_beta,
+        dynamic_alpha,
+        dynamic_beta,
+        alpha_scale,
+        beta_scale,
+        norm_weight,
+        norm_bias,
+        norm=norm,
+        eps=eps,
+        tanh=tanh,
+    )
+    if dynamic_alpha is not None:
+        post, res = post.reshape(*batch, n), res.reshape(*batch, n, n)
+    return out.reshape(*batch, d), post, res, H_pass.reshape(H.shape)
