@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hclib.connection import Connection
+from hclib.kernels.dispatch import check_impl
 from hclib.models.moe import MoE, SwiGLU
 from hclib.models.wiring import build_connection, check_connection, enter_state, leave_state
 from hclib.streams import check_count
@@ -48,6 +49,7 @@ class GPTConfig:
     n: int = 4  #: streams for hc and mhc
     m: int = 4  #: fractions for fc; must divide d_model
     dynamic: bool = True  #: dynamic weights for hc and fc
+    impl: str = "auto"  #: connection math: "auto", "torch", "compile" or "triton" (hclib.kernels)
     output_init_scale: str = "none"  #: HC Section 4's sqrt(n) scaling of output projections
     rope_theta: float = 10000.0  #: RoPE base
     norm_eps: float = 1e-6  #: RMSNorm epsilon
@@ -66,6 +68,7 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
             check_count(getattr(self, name), name, "units")
         check_connection(self.connection, self.d_model, self.n, self.m)
+        check_impl(self.impl)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:
@@ -192,6 +195,7 @@ class GPT(nn.Module):
                         n=cfg.n,
                         m=cfg.m,
                         dynamic=cfg.dynamic,
+                        impl=cfg.impl,
                     )
                 )
         self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)

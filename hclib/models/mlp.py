@@ -36,6 +36,8 @@ class DeepMLP(nn.Module):
         n: streams (``hc``, ``mhc``); m: fractions (``fc``).
         dynamic: dynamic weights for ``hc`` and ``fc``.
         activation: ``"gelu"``, ``"relu"``, ``"tanh"`` or ``"silu"``.
+        impl: ``"auto"``, ``"torch"``, ``"compile"`` or ``"triton"``: what runs the
+            connections' math (see :func:`hclib.kernels.resolve_impl`).
 
     Shapes:
         ``(..., in_features) -> (..., out_features)``.
@@ -53,6 +55,7 @@ class DeepMLP(nn.Module):
         m: int = 4,
         dynamic: bool = True,
         activation: str = "gelu",
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -76,7 +79,9 @@ class DeepMLP(nn.Module):
                 _ACTIVATIONS[activation](),
             )
             self.layers.append(
-                build_connection(connection, dim, branch, k, n=n, m=m, dynamic=dynamic, norm=norm)
+                build_connection(
+                    connection, dim, branch, k, n=n, m=m, dynamic=dynamic, norm=norm, impl=impl
+                )
             )
         self.final_norm = nn.Identity() if post else nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_features)

@@ -22,6 +22,7 @@ import torch
 from hclib.connection import Connection
 from hclib.frac import FracConnection
 from hclib.hyper import HyperConnection
+from hclib.kernels.dispatch import check_impl
 from hclib.manifold import ManifoldHyperConnection
 from hclib.residual import Residual
 from hclib.streams import (
@@ -58,6 +59,7 @@ def build_connection(
     dynamic: bool = True,
     norm: str = "pre",
     tanh: bool = True,
+    impl: str = "auto",
 ) -> Connection:
     """Wrap ``branch`` in the connection called ``kind`` (see the module table).
 
@@ -70,15 +72,22 @@ def build_connection(
         dynamic: dynamic (input-dependent) weights for ``hc`` and ``fc``.
         norm: ``"pre"`` or ``"post"``, for ``residual`` only.
         tanh: tanh on the dynamic projections of ``hc`` and ``fc``.
+        impl: ``"auto"``, ``"torch"``, ``"compile"`` or ``"triton"``, for every connection
+            (see :func:`hclib.kernels.resolve_impl`).
     """
     check_connection(kind, dim, n, m)
+    check_impl(impl)
     if kind == "residual":
-        return Residual(dim, branch, norm=norm)
+        return Residual(dim, branch, norm=norm, impl=impl)
     if kind == "hc":
-        return HyperConnection(dim, branch, n=n, layer_id=layer_id, dynamic=dynamic, tanh=tanh)
+        return HyperConnection(
+            dim, branch, n=n, layer_id=layer_id, dynamic=dynamic, tanh=tanh, impl=impl
+        )
     if kind == "fc":
-        return FracConnection(dim, branch, m=m, layer_id=layer_id, dynamic=dynamic, tanh=tanh)
-    return ManifoldHyperConnection(dim, branch, n=n, layer_id=layer_id)
+        return FracConnection(
+            dim, branch, m=m, layer_id=layer_id, dynamic=dynamic, tanh=tanh, impl=impl
+        )
+    return ManifoldHyperConnection(dim, branch, n=n, layer_id=layer_id, impl=impl)
 
 
 def enter_state(kind: str, h: torch.Tensor, n: int = 4, m: int = 4) -> torch.Tensor:
