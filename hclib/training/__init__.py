@@ -1,0 +1,34 @@
+"""Training the book's GPTs with PyTorch Lightning (chapters 9-10).
+
+* :class:`GPTModule`: the GPT as a LightningModule, one switch for the connection;
+* :class:`CorpusDataModule`: windows of a corpus, in an order fixed by (seed, step);
+* :class:`Throughput`, :class:`NonFiniteLossGuard`, :class:`ConnectionDiagnostics`: callbacks;
+* :class:`WarmupCosine`: the learning-rate schedule; :func:`flops_per_token`, :func:`peak_flops`;
+* ``python -m hclib.train fit --config configs/gpt-tiny.yaml``: the command line
+  (:mod:`hclib.training.cli`).
+"""
+
+from hclib.training.callbacks import (
+    ConnectionDiagnostics,
+    NonFiniteLossGuard,
+    Throughput,
+    probe_connections,
+)
+from hclib.training.datamodule import CorpusDataModule, TrainWindows, ValWindows
+from hclib.training.flops import flops_per_token, peak_flops
+from hclib.training.module import GPTModule
+from hclib.training.schedule import WarmupCosine
+
+__all__ = [
+    "ConnectionDiagnostics",
+    "CorpusDataModule",
+    "GPTModule",
+    "NonFiniteLossGuard",
+    "Throughput",
+    "TrainWindows",
+    "ValWindows",
+    "WarmupCosine",
+    "flops_per_token",
+    "peak_flops",
+    "probe_connections",
+]
