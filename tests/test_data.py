@@ -542,3 +542,23 @@ def test_the_real_byte_corpus_holds_the_42_works(tmp_path):
     assert (splits["train"]["tokens"], splits["val"]["tokens"]) == (4_600_068, 457_256)
     assert corpus.decode(corpus.val[:24]) == "THE LIFE OF KING HENRY V"
     assert os.path.getsize(corpus.path / "val.bin") == 2 * 457_256
+
+
+def test_the_sizes_in_data_readme_are_what_info_prints():
+    """Checks data/README.md against the corpora built in data_root(), when they are built."""
+    readme = (Path(hclib.__file__).resolve().parents[1] / "data" / "README.md").read_text()
+    block = readme.split("Output of `python -m hclib.data info --corpus all`")[1]
+    block = block.split("```text\n")[1].split("```")[0]
+    try:
+        corpora = [load_corpus(name) for name in recipes.resolve_names("all")]
+    except (CorpusMissingError, CorpusCorruptError) as error:
+        pytest.skip(f"the Shakespeare corpora are not built here: {error}")
+    library = corpora[0].manifest["tokenizer"]["library"]
+    if library not in block:
+        pytest.skip(f"the README's sizes are for another tokenizers version than {library}")
+    printed = "\n\n".join(cli.summary(corpus) for corpus in corpora)
+
+    def body(text: str) -> list[str]:  # without the header lines, which name the folder
+        return [line for line in text.splitlines() if line.startswith("  ")]
+
+    assert body(printed) == body(block)

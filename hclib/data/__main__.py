@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it."""
+    path = path.resolve()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 
@@ -66,7 +72,7 @@ def summary(corpus: Corpus) -> str:
     train, val = m["splits"]["train"], m["splits"]["val"]
     tokenizer, source = m["tokenizer"], m["source"]
     spec = CORPORA.get(corpus.name)
-    lines = [f"{corpus.name}  ({corpus.path})"]
+    lines = [f"{corpus.name}  ({_shown(corpus.path)})"]
     if spec is not None:
         lines.append(f"  {spec.description}")
     lines.append(
@@ -114,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 corpus = build(name, args.root, force=args.force, vocab_size=vocab_size)
                 print(
                     f"{name}: {len(corpus.train):,} train + {len(corpus.val):,} val tokens, "
-                    f"vocabulary {corpus.vocab_size}, in {corpus.path}"
+                    f"vocabulary {corpus.vocab_size}, in {_shown(corpus.path)}"
                 )
         elif args.command == "info":
             names = resolve_names(args.corpus) if args.corpus == "all" else [args.corpus]

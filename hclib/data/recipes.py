@@ -162,23 +162,22 @@ def resolve_names(name: str) -> list[str]:
 
 def _documents(
     spec: CorpusSpec, root: Path, say: Callable[[str], None]
-) -> tuple[Callable[[str], Iterable[str]], dict[str, Any], dict[str, dict[str, Any]]]:
-    """``(texts, source, facts)``: ``texts(split)`` gives a fresh iterable of documents."""
+) -> tuple[Callable[[str], Iterable[str]], dict[str, Any]]:
+    """``(texts, source)``: ``texts(split)`` gives a fresh iterable of the split's documents."""
     if spec.source == "shakespeare":
         works, source = sources.shakespeare_works(root, log=say)
         train, val = sources.split_works(works, spec.val_every)
         files = {"train": [w.name for w in train], "val": [w.name for w in val]}
         source = {**source, "files": files}
         chosen = {"train": [w.text for w in train], "val": [w.text for w in val]}
-        facts = {split: {"works": len(texts)} for split, texts in chosen.items()}
-        return chosen.__getitem__, source, facts
+        return chosen.__getitem__, source
     if spec.source == "tinystories":
         sources.tinystories_texts("val", limit=1)  # fail now, clearly, if `datasets` is missing
 
         def texts(split: str) -> Iterator[str]:
             return sources.tinystories_texts(split, limit=spec.limit)
 
-        return texts, {**sources.TINYSTORIES, "limit": spec.limit}, {}
+        return texts, {**sources.TINYSTORIES, "limit": spec.limit}
     if spec.source == "fineweb-edu":
         sources.fineweb_edu_texts(limit=1)
 
@@ -187,7 +186,7 @@ def _documents(
                 if (i % spec.val_every == 0) == (split == "val"):
                     yield text
 
-        return texts, {**sources.FINEWEB_EDU, "limit": spec.limit}, {}
+        return texts, {**sources.FINEWEB_EDU, "limit": spec.limit}
     raise ValueError(f"corpus {spec.name!r} has an unknown source {spec.source!r}")
 
 
@@ -267,7 +266,7 @@ def build(
             return state
         say(f"building: {state}")
     start = time.perf_counter()
-    texts, source, facts = _documents(spec, root, say)
+    texts, source = _documents(spec, root, say)
     if spec.tokenizer == "bpe":
         say(f"training a byte-level BPE of {settings['vocab_size']} tokens on the train split")
         tokenizer = train_bpe(
@@ -289,6 +288,7 @@ def build(
 
     folder = begin_corpus(root, name)
     splits: dict[str, dict[str, Any]] = {}
+    facts: dict[str, dict[str, int]] = {}  # characters and documents per split
     for split in ("train", "val"):
         writer = SplitWriter(folder, split, settings["vocab_size"])
         try:
@@ -297,7 +297,7 @@ def build(
         except BaseException:
             writer.abort()
             raise
-        facts[split] = {**facts.get(split, {}), **counts}
+        facts[split] = counts
         say(f"{split}: {counts['chars']:,} characters -> {splits[split]['tokens']:,} tokens")
     corpus = finish_corpus(
         folder,

