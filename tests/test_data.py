@@ -293,7 +293,10 @@ def test_a_build_with_other_settings_replaces_the_corpus(synthetic):
     assert load_corpus("shakespeare-bpe", synthetic).manifest["settings"]["vocab_size"] == 350
 
 
-@pytest.mark.parametrize(("file", "damage"), [("train.bin", truncate), ("val.bin", flip_a_byte)])
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [("train.bin", truncate), ("val.bin", flip_a_byte), ("tokenizer.json", flip_a_byte)],
+)
 def test_ensure_corpus_rebuilds_a_damaged_corpus(synthetic, file, damage):
     good = build("shakespeare-bpe", synthetic, progress=False, vocab_size=VOCAB)
     sums = {k: v[1] for k, v in files_of(good.path).items()}
