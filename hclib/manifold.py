@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hclib.connection import Connection, Mappings, check_layer_id, compute_dtype
+from hclib.kernels.dispatch import check_impl, compiled, resolve_impl
 from hclib.streams import check_count
 
 __all__ = ["ManifoldHyperConnection", "sinkhorn_knopp"]
@@ -80,6 +81,53 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def _manifold_mappings(
+    Hc: torch.Tensor,
+    phi: torch.Tensor,
+    bias: torch.Tensor,
+    alpha_pre: torch.Tensor,
+    alpha_post: torch.Tensor,
+    alpha_res: torch.Tensor,
+    eps: float,
+    iters: int,
+) -> Mappings:
+    """mHC Eqs. 7-8 for a state ``Hc`` ``(..., n, d)`` in the compute dtype: the reference.
+
+    A plain function of tensors, so that ``impl="compile"`` compiles it once for every module.
+    """
+    n, dtype = Hc.shape[-2], Hc.dtype
+    x = Hc.flatten(-2)  # vec(x_l)  (..., n d)
+    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)  # RMSNorm
+    proj = x @ phi.to(dtype)  # (..., n^2 + 2n)
+    bias = bias.to(dtype)
+    a_pre, a_post, a_res = (a.to(dtype) for a in (alpha_pre, alpha_post, alpha_res))
+    pre = a_pre * proj[..., :n] + bias[:n]  # Eq. 7  (..., n)
+    post = a_post * proj[..., n : 2 * n] + bias[n : 2 * n]  # (..., n)
+    res = a_res * proj[..., 2 * n :] + bias[2 * n :]  # (..., n^2)
+    res = res.unflatten(-1, (n, n))  # mat(.)  (..., n, n)
+    return Mappings(
+        pre=torch.sigmoid(pre),  # Eq. 8
+        post=2.0 * torch.sigmoid(post),
+        res=sinkhorn_knopp(res, iters),
+    )
+
+
+def _read_out(
+    Hc: torch.Tensor, *weights: torch.Tensor, eps: float, iters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h0, post, res)``: the mappings and the branch input ``H_pre x`` (reference)."""
+    pre, post, res = _manifold_mappings(Hc, *weights, eps, iters)
+    h0 = (pre.unsqueeze(-2) @ Hc).squeeze(-2)  # H_pre x  (..., d)
+    return h0, post, res
+
+
+def _write_in(
+    Hc: torch.Tensor, y: torch.Tensor, post: torch.Tensor, res: torch.Tensor
+) -> torch.Tensor:
+    """``H_res x + H_post^T y`` (mHC Eq. 3), the reference."""
+    return res @ Hc + post.unsqueeze(-1) * y.unsqueeze(-2)  # (..., n, d)
+
+
 class ManifoldHyperConnection(Connection):
     """Manifold-constrained hyper-connection around one branch (mHC Eqs. 7-9).
 
@@ -97,6 +145,13 @@ class ManifoldHyperConnection(Connection):
             entries share the rest of each row equally, which is exactly doubly stochastic.
         gate_init: initial gating factors ``alpha_pre, alpha_post, alpha_res`` (paper: 0.01).
         eps: epsilon of the RMSNorm of the flattened state (the paper prints 1e-20).
+        impl: ``"auto"`` (default), ``"torch"``, ``"compile"`` or ``"triton"``, resolved per
+            call by :func:`hclib.kernels.resolve_impl`: ``"torch"`` runs the equations below,
+            ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
+            ``"triton"`` the fused kernels :func:`hclib.kernels.manifold_pre.manifold_pre`
+            (norm, projection, sigmoid, Sinkhorn-Knopp and ``h0`` in one read-out) and
+            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` for CUDA
+            tensors when triton is installed and ``"torch"`` elsewhere.
 
     Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0`` as
     HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,
@@ -139,9 +194,11 @@ class ManifoldHyperConnection(Connection):
         res_init_diag: float = 0.95,
         gate_init: float = 0.01,
         eps: float = 1e-6,
+        impl: str = "auto",
     ) -> None:
         super().__init__(dim, branch)
         self.n = n = check_count(n, "n", "streams")
+        self.impl = check_impl(impl)
         self.layer_id = check_layer_id(layer_id)
         self.sinkhorn_iters = check_count(sinkhorn_iters, "sinkhorn_iters", "iterations")
         self.eps = float(eps)
@@ -168,24 +225,11 @@ class ManifoldHyperConnection(Connection):
         self.alpha_post = nn.Parameter(torch.full((1,), float(gate_init)))
         self.alpha_res = nn.Parameter(torch.full((1,), float(gate_init)))
 
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.phi, self.bias, self.alpha_pre, self.alpha_post, self.alpha_res)
+
     def _mappings(self, Hc: torch.Tensor) -> Mappings:
-        n, dtype = self.n, Hc.dtype
-        x = Hc.flatten(-2)  # vec(x_l)  (..., n d)
-        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # RMSNorm
-        proj = x @ self.phi.to(dtype)  # (..., n^2 + 2n)
-        bias = self.bias.to(dtype)
-        a_pre, a_post, a_res = (
-            a.to(dtype) for a in (self.alpha_pre, self.alpha_post, self.alpha_res)
-        )
-        pre = a_pre * proj[..., :n] + bias[:n]  # Eq. 7  (..., n)
-        post = a_post * proj[..., n : 2 * n] + bias[n : 2 * n]  # (..., n)
-        res = a_res * proj[..., 2 * n :] + bias[2 * n :]  # (..., n^2)
-        res = res.unflatten(-1, (n, n))  # mat(.)  (..., n, n)
-        return Mappings(
-            pre=torch.sigmoid(pre),  # Eq. 8
-            post=2.0 * torch.sigmoid(post),
-            res=sinkhorn_knopp(res, self.sinkhorn_iters),
-        )
+        return _manifold_mappings(Hc, *self._weights(), self.eps, self.sinkhorn_iters)
 
     def _compute(self, H: torch.Tensor) -> torch.Tensor:
         H = self._check_state(H, (self.n, self.dim), "(n, d)")
@@ -198,12 +242,31 @@ class ManifoldHyperConnection(Connection):
         float64) whatever the input dtype; the branch sees its input in the dtype of ``H``
         and the result has the dtype of ``H``.
         """
+        H = self._check_state(H, (self.n, self.dim), "(n, d)")
+        impl = resolve_impl(self.impl, H)
+        if impl == "triton":
+            return self._forward_triton(H, args, kwargs)
         Hc = self._compute(H)
-        pre, post, res = self._mappings(Hc)
-        h0 = (pre.unsqueeze(-2) @ Hc).squeeze(-2)  # H_pre x  (..., d)
+        read_out, write_in = (_read_out, _write_in)
+        if impl == "compile":
+            read_out, write_in = compiled(_read_out), compiled(_write_in)
+        h0, post, res = read_out(Hc, *self._weights(), eps=self.eps, iters=self.sinkhorn_iters)
         y = self._run_branch(h0.to(H.dtype), args, kwargs).to(Hc.dtype)  # (..., d)
-        out = res @ Hc + post.unsqueeze(-1) * y.unsqueeze(-2)  # Eq. 3  (..., n, d)
+        out = write_in(Hc, y, post, res)  # Eq. 3  (..., n, d)
         return out.to(H.dtype)
+
+    def _forward_triton(self, H: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The fused read-out, the branch, the fused write-in; same dtypes as the reference."""
+        from hclib.kernels.manifold_pre import manifold_pre  # imports triton: only on use
+        from hclib.kernels.post_res import post_res
+
+        h0, post, res, H_pass = manifold_pre(
+            H, *self._weights(), eps=self.eps, iters=self.sinkhorn_iters
+        )  # h0 (..., d) in the dtype of H; post (..., n), res (..., n, n) in float32
+        y = self._run_branch(h0, args, kwargs)  # (..., d)
+        if compute_dtype(y.dtype, post.dtype) != post.dtype:
+            y = y.to(post.dtype)  # as the reference, which mixes in the compute dtype
+        return post_res(H_pass, y, post, res)  # Eq. 3  (..., n, d)
 
     def mappings(self, H: torch.Tensor) -> Mappings:
         """Per-token ``pre`` ``(..., n)`` in (0, 1), ``post`` ``(..., n)`` in (0, 2) and
@@ -216,5 +279,5 @@ class ManifoldHyperConnection(Connection):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, n={self.n}, layer_id={self.layer_id}, "
-            f"sinkhorn_iters={self.sinkhorn_iters}"
+            f"sinkhorn_iters={self.sinkhorn_iters}, impl={self.impl!r}"
         )

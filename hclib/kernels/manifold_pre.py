@@ -89,6 +89,18 @@ def _sigmoid(v):
 
 
 @triton.jit
+def _store_value(x, ROUND: tl.constexpr):
+    """``x`` ready to be cast to the state's dtype: with ``ROUND``, already rounded to the
+    nearest bfloat16 (ties to even), as a GPU's conversion does; the interpreter's own cast
+    truncates, which would bias every bf16 ``h0`` and ``dH`` it writes."""
+    if ROUND:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16  # round the low 16 bits away
+        x = bits.to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
 def _logits(Z, BIAS, ALPHA, t, t_ok, K, N: tl.constexpr, NP: tl.constexpr):
     """The token block's ``z`` pieces and logits ``l = alpha z + b``: pre and post ``(BT, NP)``,
     res ``(BT, NP, NP)``; padding (streams ``>= n``, tokens ``>= T``) reads ``z = 0``."""
@@ -137,6 +149,7 @@ def _manifold_pre_fwd(
     SPLIT: tl.constexpr,
     PREC: tl.constexpr,
     ACC: tl.constexpr,
+    ROUND: tl.constexpr,
     BT: tl.constexpr,
     BC: tl.constexpr,
     BD: tl.constexpr,
@@ -195,7 +208,7 @@ def _manifold_pre_fwd(
         h0 = tl.sum(pre[:, :, None] * x3.to(ACC), axis=1)  # (BT, BD)
         tl.store(
             H0 + t[:, None] * D + d[None, :],
-            h0.to(H0.dtype.element_ty),
+            _store_value(h0, ROUND).to(H0.dtype.element_ty),
             mask=t_ok[:, None] & d_ok[None, :],
         )
 
@@ -324,6 +337,7 @@ def _manifold_pre_bwd_state(
     SPLIT: tl.constexpr,
     PREC: tl.constexpr,
     ACC: tl.constexpr,
+    ROUND: tl.constexpr,
     BT: tl.constexpr,
     BD: tl.constexpr,
 ):
@@ -356,7 +370,8 @@ def _manifold_pre_bwd_state(
         g += tl.dot(dzs, phi_t, input_precision=PREC)  # (r dz) phi^T  (BT, NP BD)
         if HAS_PASS:
             g += tl.load(G_PASS + t[:, None] * ND + hcol[None, :], mask=m, other=0.0).to(ACC)
-        tl.store(G_H + t[:, None] * ND + hcol[None, :], g.to(G_H.dtype.element_ty), mask=m)
+        g = _store_value(g, ROUND).to(G_H.dtype.element_ty)
+        tl.store(G_H + t[:, None] * ND + hcol[None, :], g, mask=m)
         if SPLIT:  # bf16 x against r dz = hi + lo, both bf16
             hi = dzs.to(tl.bfloat16)
             lo = (dzs - hi.to(ACC)).to(tl.bfloat16)
@@ -384,6 +399,11 @@ def _precision(H: torch.Tensor, acc: torch.dtype) -> tuple[bool, str]:
     if not H.is_cuda or acc == torch.float64:
         return False, "ieee"
     return H.dtype == torch.bfloat16, "tf32x3"
+
+
+def _round_in_kernel(H: torch.Tensor) -> bool:
+    """Round bf16 results to nearest even by hand: only in the interpreter, which truncates."""
+    return not H.is_cuda and H.dtype == torch.bfloat16
 
 
 @functools.cache
@@ -494,6 +514,7 @@ def manifold_pre_forward(
         SPLIT=split,
         PREC=prec,
         ACC=_acc(acc),
+        ROUND=_round_in_kernel(H),
     )
     BT = 64 if H.is_cuda else _cpu_tokens(T, 64)
     _manifold_pre_redo[(triton.cdiv(T, BT),)](
@@ -590,6 +611,7 @@ def manifold_pre_backward(
         SPLIT=split,
         PREC=prec,
         ACC=_acc(acc),
+        ROUND=_round_in_kernel(H),
     )
     return g_H, g_phi.sum(0), part[:K], part[K:]
 
