@@ -282,7 +282,7 @@ def test_moe_flops_count_top_k_of_the_routed_experts():
         ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989e12),
         ("NVIDIA H100 PCIe", "bf16-mixed", 756e12),
         ("NVIDIA A100-SXM4-40GB", "16-mixed", 312e12),
-        ("NVIDIA L4", "bf16-true", 121e12),
+        ("NVIDIA L40S", "bf16-true", 362e12),
         ("NVIDIA H100 80GB HBM3", "32-true", None),  # the table holds 16-bit peaks only
         ("Some Future GPU", "bf16-mixed", None),
         (None, "bf16-mixed", None),  # a CPU

@@ -17,6 +17,7 @@ Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 
 from hclib.analysis import (
     adjacent_cosine_similarity,
@@ -31,7 +33,7 @@ from hclib.analysis import (
     capture_branch_inputs,
     connection_matrix,
 )
-from hclib.connection import Mappings
+from hclib.connection import Connection, Mappings
 from hclib.training.flops import device_name, flops_per_token, peak_flops
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Throughput",
     "plot_diagnostics",
     "probe_connections",
+    "unwrap_connection",
 ]
 
 
@@ -130,6 +133,19 @@ class NonFiniteLossGuard(pl.Callback):
         )
 
 
+def unwrap_connection(layer: torch.nn.Module) -> Connection:
+    """The hclib connection inside FSDP or activation-checkpointing wrappers."""
+    while not isinstance(layer, Connection):
+        for attribute in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "module"):
+            inner = getattr(layer, attribute, None)
+            if isinstance(inner, torch.nn.Module):
+                layer = inner
+                break
+        else:
+            raise TypeError(f"expected an hclib connection, got {type(layer).__name__}")
+    return layer
+
+
 def _token_mean(maps: Mappings) -> Mappings:
     """Average per-token mappings over every batch dimension: pre ``(k,)`` or ``(m, m)``,
     post ``(k,)``, res ``(k, k)``."""
@@ -160,7 +176,7 @@ def probe_connections(model: torch.nn.Module, idx: torch.Tensor) -> dict[str, An
     * ``cos_median``, ``cos_p05``, ``cos_p95`` ``(L-1,)``: quantiles over tokens of the
       cosine similarity between the inputs of layers ``l`` and ``l+1``.
     """
-    layers = model.connections()
+    layers = [unwrap_connection(layer) for layer in model.connections()]
     was_training = model.training
     model.eval()
     try:
@@ -265,7 +281,8 @@ class ConnectionDiagnostics(pl.Callback):
         """
         model = pl_module.model
         idx = self._probe_batch(trainer).to(pl_module.device)
-        result = probe_connections(model, idx)
+        with _full_parameters(trainer):
+            result = probe_connections(model, idx)
         step = trainer.global_step
         if not trainer.is_global_zero:
             return result
@@ -296,6 +313,15 @@ class ConnectionDiagnostics(pl.Callback):
         return result
 
 
+def _full_parameters(trainer: pl.Trainer) -> contextlib.AbstractContextManager:
+    """Under FSDP, gather every parameter for the probe (all ranks take part)."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False)
+    return contextlib.nullcontext()
+
+
 def _log_dir(trainer: pl.Trainer) -> Path:
     path = trainer.log_dir if trainer.loggers else None
     return Path(path or trainer.default_root_dir)
@@ -308,6 +334,7 @@ def plot_diagnostics(result: dict[str, Any], connection: str, step: int):
     Returns a ``matplotlib.figure.Figure`` made without pyplot (safe in any backend).
     """
     from matplotlib.figure import Figure  # no pyplot: no backend, no global figure list
+    from matplotlib.ticker import MaxNLocator
 
     from hclib.plotting import PALETTE, color
 
@@ -334,6 +361,14 @@ def plot_diagnostics(result: dict[str, Any], connection: str, step: int):
     ax.plot(layers, result["composite_backward"], color=main, lw=2, ls="--", label="composite, bwd")
     ax.axhline(1.0, color=PALETTE["reference"], lw=0.8)
     ax.set_yscale("log")
+    gains = torch.cat(
+        [
+            result[k]
+            for k in ("gain_forward", "gain_backward", "composite_forward", "composite_backward")
+        ]
+    )
+    ax.set_ylim(min(0.5, float(gains.min()) / 1.5), max(2.0, float(gains.max()) * 1.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer l")
     ax.set_ylabel("Amax gain (log)")
     ax.set_title("Amax gain of res (mHC Section 3.1)")
@@ -345,6 +380,7 @@ def plot_diagnostics(result: dict[str, Any], connection: str, step: int):
         ax.fill_between(pairs, result["cos_p05"], result["cos_p95"], color=main, alpha=0.2)
         ax.plot(pairs, result["cos_median"], color=main, label="median over tokens")
     ax.set_ylim(min(0.0, float(result["cos_p05"].min()) if L > 1 else 0.0), 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer pair (l, l+1)")
     ax.set_ylabel("cosine similarity")
     ax.set_title("adjacent layers' inputs (HC Figure 3)")

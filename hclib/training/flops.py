@@ -28,34 +28,9 @@ from __future__ import annotations
 import torch
 
 from hclib.models.gpt import GPT
+from hclib.traffic import device_peak
 
-__all__ = ["PEAK_FLOPS", "active_params", "device_name", "flops_per_token", "peak_flops"]
-
-#: Dense (no sparsity) 16-bit tensor-core peaks in FLOP/s (bfloat16; float16 where the
-#: chip has no bfloat16), from the vendors' data sheets. Matched against the device name,
-#: first match wins, so the more specific names come first.
-PEAK_FLOPS: dict[str, float] = {
-    "gb200": 2.5e15,
-    "b200": 2.25e15,
-    "gh200": 989e12,
-    "h200": 989e12,
-    "h100 pcie": 756e12,
-    "h100 nvl": 835e12,
-    "h100": 989e12,  # SXM
-    "h800": 989e12,
-    "a100": 312e12,
-    "a800": 312e12,
-    "l40s": 362e12,
-    "l40": 181e12,
-    "l4": 121e12,
-    "a10g": 70e12,
-    "a10": 125e12,
-    "rtx 4090": 165e12,
-    "v100": 125e12,  # float16
-    "t4": 65e12,  # float16
-    "mi300x": 1307e12,
-    "mi250x": 383e12,
-}
+__all__ = ["active_params", "device_name", "flops_per_token", "peak_flops"]
 
 _HALF_PRECISIONS = ("bf16", "16")
 
@@ -63,22 +38,25 @@ _HALF_PRECISIONS = ("bf16", "16")
 def peak_flops(device_name: str | None, precision: str | int = "bf16-mixed") -> float | None:
     """The peak FLOP/s of a device from its name (``torch.cuda.get_device_name()``).
 
+    The numbers are the dense bfloat16 tensor-core peaks of :data:`hclib.traffic.DEVICE_PEAKS`
+    (the vendors' data sheets), the one table of GPUs in hclib.
+
     Args:
-        device_name: e.g. ``"NVIDIA H100 80GB HBM3"``; None or a CPU gives None.
-        precision: Lightning's precision string. The table holds 16-bit tensor-core peaks, so
-            only ``"bf16-mixed"``, ``"bf16-true"``, ``"16-mixed"``, ``"16-true"`` get a number.
+        device_name: e.g. ``"NVIDIA H100 80GB HBM3"``; None (a CPU) gives None.
+        precision: Lightning's precision string. Only 16-bit precisions (``"bf16-mixed"``,
+            ``"bf16-true"``, ``"16-mixed"``, ``"16-true"``) run at the tensor-core peak, so
+            only they get a number.
 
     Returns:
-        FLOP/s, or None when the device or the precision is not in the table (then MFU is
+        FLOP/s, or None when the device or the precision is not covered (then MFU is
         unknown and not shown).
     """
     if device_name is None or not str(precision).startswith(_HALF_PRECISIONS):
         return None
-    name = device_name.lower()
-    for key, value in PEAK_FLOPS.items():
-        if key in name:
-            return value
-    return None
+    peak = device_peak(device_name)
+    if peak is None or peak.bf16_tflops is None:
+        return None
+    return peak.bf16_tflops * 1e12
 
 
 def active_params(model: GPT) -> int:
