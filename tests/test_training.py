@@ -7,6 +7,7 @@ the real command line in subprocesses.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import math
@@ -585,3 +586,46 @@ def test_two_process_ddp_on_cpu_matches_one_process_on_the_same_global_batch(cor
     for name, value in finals[1].items():
         torch.testing.assert_close(finals[2][name], value, rtol=1e-9, atol=1e-11, msg=name)
     assert math.isfinite(float(finals[1]["model.embed.weight"].sum()))
+
+
+# ------------------------------------------------------------- benchmarks/train_step.py
+
+
+def _load_train_step_benchmark():
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_benchmark_smoke_run_writes_its_table_and_ratios(tmp_path, capsys):
+    bench = _load_train_step_benchmark()
+    args = ["--smoke", "--out", str(tmp_path), "--connections", "residual,hc", "--steps", "2"]
+    assert bench.main(args) == 0
+    with open(tmp_path / "train_step.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["connection"], r["recompute"]) for r in rows] == [
+        ("residual", "False"), ("hc", "False"), ("residual", "True"), ("hc", "True"),
+    ]  # fmt: skip
+    assert all(r["status"] == "ok" and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert float(rows[0]["x_residual_time"]) == 1.0
+    assert "SMOKE RUN" in (tmp_path / "train_step.md").read_text()
+
+
+def test_train_step_benchmark_reads_each_target_as_met_missed_or_not_measured():
+    bench = _load_train_step_benchmark()
+    at = {"d": 2048, "mode": "eager"}
+    rows = [
+        {**at, "connection": "hc", "recompute": False, "x_residual_time": 1.08},
+        {**at, "connection": "fc", "recompute": False, "x_residual_time": 1.05},
+        {**at, "connection": "hc", "recompute": True, "x_residual_memory": 1.2},
+    ]
+    lines = bench.evaluate_targets(rows)
+    assert "- hc time <= 1.10x residual (d=2048, eager): met (1.080x)" in lines
+    assert "- fc time <= 1.03x residual (d=2048, eager): missed (1.050x)" in lines
+    assert "- hc memory <= 1.30x residual (d=2048, eager, recompute on): met (1.200x)" in lines
+    assert "- mhc time <= 1.10x residual (d=2048, compiled): not measured" in lines
