@@ -396,10 +396,11 @@ for kind in KINDS:
     )
 
 # %% [markdown]
-# Even a perfect HC or mHC kernel takes 6.8 times as long as the residual add ($41d$ against
-# $6d$), and FC 2.3 times: the state that is $n$ times wider, and is read on both sides of the
-# branch, has a price that no kernel removes. At 32k tokens of width 4096 on an H100, HC's forward
-# and backward cannot take less than 3.3 ms, the residual add 0.48 ms. These are the yardsticks
+# At the same fraction of the bandwidth, even a perfect HC or mHC kernel takes 6.8 times as long
+# as the residual add ($41d$ against $6d$), and FC 2.3 times: the state that is $n$ times wider,
+# and is read on both sides of the branch, has a price that no kernel removes. At 32k tokens of
+# width 4096 on an H100, HC's forward and backward cannot take less than 3.3 ms, the residual add
+# 0.48 ms. These are the yardsticks
 # of the benchmark at the end of the chapter: it reports the bandwidth a kernel reaches on this
 # floor byte count, as a fraction of the device's peak, and asks our HC and mHC kernels for 70%,
 # and our FC kernel for at most three times the residual add's time.
@@ -758,7 +759,7 @@ else:
 # - The floor: the branch splits a connection into two ops, and each must move each of its
 #   tensors once: $(3k+2)d$ forward and $(6k+3)d$ backward per token for a state $k d$ wide, $6d$
 #   for the residual add. HC and mHC with $n = 4$ cost at least 6.8 residual adds, FC 2.3.
-# - A Triton kernel for $H' = H^{\mathrm{res}} H + H^{\mathrm{post}\top} y$ in twenty lines moves
+# - A Triton kernel for $H' = H^{\mathrm{res}} H + H^{\mathrm{post}\top} y$ in thirty lines moves
 #   exactly the fused count and matches `hclib`'s modules; it runs on the CPU in Triton's
 #   interpreter.
 # - Activation memory: HC adds $2n\,sb\,dL$ elements (16 GiB per GPU for a 7B-sized model at
