@@ -73,6 +73,7 @@ import triton.language as tl
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import launch
 from hclib.kernels.sinkhorn import (
+    backward_segment,
     padded_rate,
     sinkhorn_tile,
     sinkhorn_tile_backward,
@@ -250,6 +251,7 @@ def _manifold_pre_bwd_coef(
     D,
     K,
     iters,
+    segment,  # Sinkhorn backward's checkpoint segment
     N: tl.constexpr,
     NP: tl.constexpr,
     KP: tl.constexpr,
@@ -289,7 +291,7 @@ def _manifold_pre_bwd_coef(
     g_res = tl.load(G_RES + tij, mask=tij_ok, other=0.0)
     dl_pre = tl.where(ti_ok, g_pre * s_pre * (1.0 - s_pre), 0.0)  # (BT, NP)
     dl_post = tl.where(ti_ok, g_post * 2.0 * s_post * (1.0 - s_post), 0.0)
-    dl_res = sinkhorn_tile_backward(l_res, valid, g_res, iters, tl.load(FLAG) > 0)
+    dl_res = sinkhorn_tile_backward(l_res, valid, g_res, iters, segment, tl.load(FLAG) > 0)
     dl_res = tl.where(tij_ok, dl_res, 0.0)  # (BT, NP, NP)
     dz_pre = tl.load(ALPHA) * dl_pre
     dz_post = tl.load(ALPHA + 1) * dl_post
@@ -573,7 +575,8 @@ def manifold_pre_backward(
         _manifold_pre_bwd_coef,
         _coef_tuned,
         lambda meta: (triton.cdiv(T, meta["BT"]),),
-        (H, g_h0, g_post, g_res, z, rinv, bias, alpha, flag, pre, dzs, cx, part, T, d, K, iters),
+        (H, g_h0, g_post, g_res, z, rinv, bias, alpha, flag, pre, dzs, cx, part)
+        + (T, d, K, iters, backward_segment(iters)),
         H.is_cuda,
         cpu1,
         N=n,
