@@ -31,9 +31,11 @@ import torch
 __all__ = [
     "IMPLS",
     "check_impl",
+    "compile_options",
     "compiled",
     "interpreting",
     "launch",
+    "reset_compiled",
     "resolve_impl",
     "triton_available",
 ]
@@ -93,19 +95,30 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
     return impl
 
 
+#: keyword arguments of ``torch.compile`` for ``impl="compile"`` (e.g. ``{"mode":
+#: "max-autotune"}``, or ``{"backend": "aot_eager"}`` to trace without generating code);
+#: set them before the first compiled call, or call :func:`reset_compiled` afterwards
+compile_options: dict = {}
+
 _COMPILED: dict[Callable, Callable] = {}
 
 
 def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)``, made once per function and reused by every module.
+    """``torch.compile(fn, **compile_options)``, made once per function, shared by every module.
 
-    The connections compile plain functions of tensors (their reference math with the
-    parameters passed in), so modules of the same shape share one compiled graph instead of
-    recompiling per instance.
+    The connections compile the functions of their reference math (``_read_out`` before the
+    branch, ``_write_in`` after it); with PyTorch's default inlining of ``nn.Module`` s,
+    modules of the same shape and settings share one compiled graph instead of recompiling
+    per instance.
     """
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn)
+        _COMPILED[fn] = torch.compile(fn, **compile_options)
     return _COMPILED[fn]
+
+
+def reset_compiled() -> None:
+    """Forget the compiled functions (the next ``impl="compile"`` call compiles again)."""
+    _COMPILED.clear()
 
 
 def launch(

@@ -54,6 +54,7 @@ import triton.language as tl
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import launch
+from hclib.kernels.post_res import cast_rtne
 
 __all__ = [
     "ReadOut",
@@ -72,18 +73,6 @@ def _tanh(x):
     e = tl.exp(-2.0 * tl.abs(x))
     r = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -r, r)
-
-
-@triton.jit
-def _row(x, i, ii):
-    """Row ``ii`` of a ``(BT, KP, NCP)`` tile: ``(BT, NCP)``."""
-    return tl.sum(tl.where(i[None, :, None] == ii, x, 0.0), axis=1)
-
-
-@triton.jit
-def _columns(x, c, j):
-    """The first ``PP`` columns of a ``(BT, NCP)`` tile: ``(BT, PP)``."""
-    return tl.sum(tl.where(c[None, None, :] == j[None, :, None], x[:, None, :], 0.0), axis=2)
 
 
 @triton.jit
@@ -135,7 +124,7 @@ def _readout_fwd(
             shift = shift.to(ACC)
         s1 = tl.zeros((BT, KP), dtype=ACC)
         s2 = tl.zeros((BT, KP), dtype=ACC)
-        u = tl.zeros((BT, KP, NCP), dtype=ACC)
+        u = tl.zeros((BT * KP, NCP), dtype=ACC)
         for d0 in range(0, F, BD):
             d = d0 + tl.arange(0, BD)
             d_ok = d < F
@@ -147,10 +136,10 @@ def _readout_fwd(
             s2 += tl.sum(h * h, axis=2)
             if AFFINE_W:
                 h = h * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
-            for cc in tl.static_range(NC):
-                w_c = tl.load(W + d * NC + cc, mask=d_ok, other=0.0).to(ACC)  # (BD,)
-                u_c = tl.sum(h * w_c[None, None, :], axis=2)  # (BT, KP)
-                u += tl.where(c[None, None, :] == cc, u_c[:, :, None], 0.0)
+            w_ok = d_ok[:, None] & c_ok[None, :]
+            w = tl.load(W + d[:, None] * NC + c[None, :], mask=w_ok, other=0.0).to(ACC)
+            u += tl.dot(tl.reshape(h, (BT * KP, BD)), w, input_precision="ieee")  # (BT KP, NCP)
+        u = tl.reshape(u, (BT, KP, NCP))
         gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
         bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
         m1 = s1 / F  # mean of H - shift
@@ -173,19 +162,21 @@ def _readout_fwd(
         tl.store(RSTD + t[:, None] * K + i[None, :], rstd, mask=ti_ok)
     else:
         coef = tl.zeros((BT, KP, NCP), dtype=ACC) + static[None, :, :]
+    # the read-out weights, coef[:, :, :P]  (BT, KP, PP)
+    is_pre = c[None, None, None, :] == j[None, None, :, None]  # column c is read-out j
+    pre = tl.sum(tl.where(is_pre, coef[:, :, None, :], 0.0), axis=3)  # (BT, KP, PP)
     # pass 2: out_j = sum_i coef_i[j] H_i (the same token's H again: from L2 on a GPU)
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
         td_ok = t_ok[:, None] & d_ok[None, :]
-        out = tl.zeros((BT, PP, BD), dtype=ACC)
-        for ii in tl.static_range(K):
-            h_i = tl.load(H + t[:, None] * (K * F) + ii * F + d[None, :], mask=td_ok, other=0.0)
-            p_i = _columns(_row(coef, i, ii), c, j)  # coef_i[:P]  (BT, PP)
-            out += p_i[:, :, None] * h_i.to(ACC)[:, None, :]
+        tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+        rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+        h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
+        out = tl.sum(pre[:, :, :, None] * h[:, :, None, :], axis=1)  # (BT, PP, BD)
         outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
         out_ok = td_ok[:, None, :] & (j < P)[None, :, None]
-        tl.store(OUT + outs, out.to(OUT.dtype.element_ty), mask=out_ok)
+        tl.store(OUT + outs, cast_rtne(out, OUT.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
@@ -229,6 +220,7 @@ def _readout_bwd(
     pid = tl.program_id(0).to(tl.int64)
     t = pid * BT + tl.arange(0, BT)  # (BT,) tokens
     i = tl.arange(0, KP)
+    j = tl.arange(0, PP)
     c = tl.arange(0, NCP)
     t_ok, i_ok, c_ok = t < T, i < K, c < NC
     ti_ok = t_ok[:, None] & i_ok[None, :]
@@ -240,22 +232,23 @@ def _readout_bwd(
     else:
         static = tl.load(STATIC + ic, mask=i_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
         coef = tl.zeros((BT, KP, NCP), dtype=ACC) + static[None, :, :]
-    if HAS_GIN:
-        g_coef = tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
-    else:
-        g_coef = tl.zeros((BT, KP, NCP), dtype=ACC)
+    is_pre = c[None, None, None, :] == j[None, None, :, None]  # column c is read-out j
+    pre = tl.sum(tl.where(is_pre, coef[:, :, None, :], 0.0), axis=3)  # (BT, KP, PP)
     # pass 1: the read-out weights' gradient, d coef_i[j] = sum_d dout_j H_i
+    g_pre = tl.zeros((BT, KP, PP), dtype=ACC)
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
-        td_ok = t_ok[:, None] & d_ok[None, :]
         tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
         rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
         h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
-        for jj in tl.static_range(P):
-            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
-            col = tl.sum(h * go.to(ACC)[:, None, :], axis=2)  # (BT, KP)
-            g_coef += tl.where(c[None, None, :] == jj, col[:, :, None], 0.0)
+        outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
+        go_ok = t_ok[:, None, None] & (j < P)[None, :, None] & d_ok[None, None, :]
+        go = tl.load(GOUT + outs, mask=go_ok, other=0.0).to(ACC)  # (BT, PP, BD)
+        g_pre += tl.sum(h[:, :, None, :] * go[:, None, :, :], axis=3)
+    g_coef = tl.sum(tl.where(is_pre, g_pre[:, :, :, None], 0.0), axis=2)  # (BT, KP, NCP)
+    if HAS_GIN:
+        g_coef += tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
     tl.store(GCOEF + tic, g_coef, mask=tic_ok)
     if DYNAMIC:
         z = tl.load(Z + tic, mask=tic_ok, other=0.0).to(ACC)
@@ -273,21 +266,21 @@ def _readout_bwd(
         # dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and g_z . (z - bias @ W)
         c1 = tl.sum(g_z * gw[None, None, :], axis=2) / F  # (BT, KP)
         c2 = tl.sum(g_z * (z - bw[None, None, :]), axis=2) / F
+        g_z2 = tl.reshape(g_z, (BT * KP, NCP))
     # pass 2: dH_i = sum_j coef_i[j] dout_j + dH_i(post+res) + the norm's backward
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
-        td_ok = t_ok[:, None] & d_ok[None, :]
         tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
         rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
         if HAS_GHP:
             g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
         else:
             g_h = tl.zeros((BT, KP, BD), dtype=ACC)
-        for jj in tl.static_range(P):
-            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
-            p_j = tl.sum(tl.where(c[None, None, :] == jj, coef, 0.0), axis=2)  # (BT, KP)
-            g_h += p_j[:, :, None] * go.to(ACC)[:, None, :]
+        outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
+        go_ok = t_ok[:, None, None] & (j < P)[None, :, None] & d_ok[None, None, :]
+        go = tl.load(GOUT + outs, mask=go_ok, other=0.0).to(ACC)  # (BT, PP, BD)
+        g_h += tl.sum(pre[:, :, :, None] * go[:, None, :, :], axis=2)  # sum_j pre_ij dout_j
         if DYNAMIC:
             h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)
             if LAYER:
@@ -295,30 +288,31 @@ def _readout_bwd(
             else:
                 xhat = h * rstd[:, :, None]
             xhat = tl.where(tid_ok, xhat, 0.0)
-            g_hn = tl.zeros((BT, KP, BD), dtype=ACC)
-            for cc in tl.static_range(NC):
-                w_c = tl.load(W + d * NC + cc, mask=d_ok, other=0.0).to(ACC)  # (BD,)
-                gz_c = tl.sum(tl.where(c[None, None, :] == cc, g_z, 0.0), axis=2)  # (BT, KP)
-                g_hn += gz_c[:, :, None] * w_c[None, None, :]
-                s_c = tl.sum(tl.sum(xhat * gz_c[:, :, None], axis=1), axis=0)  # (BD,)
-                tl.store(SPART + pid * (NC * F) + cc * F + d, s_c, mask=d_ok)
+            w_ok = c_ok[:, None] & d_ok[None, :]
+            w_t = tl.load(W + d[None, :] * NC + c[:, None], mask=w_ok, other=0.0).to(ACC)
+            g_hn = tl.dot(g_z2, w_t, input_precision="ieee")  # W g_z  (BT KP, BD)
+            g_hn = tl.reshape(g_hn, (BT, KP, BD))
+            xhat2 = tl.reshape(xhat, (BT * KP, BD))
+            s_c = tl.dot(tl.trans(g_z2), xhat2, input_precision="ieee")  # (NCP, BD)
+            tl.store(SPART + pid * (NC * F) + c[:, None] * F + d[None, :], s_c, mask=w_ok)
             if AFFINE_W:
                 g_hn = g_hn * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
             if LAYER:
                 g_h += rstd[:, :, None] * (g_hn - c1[:, :, None] - xhat * c2[:, :, None])
             else:
                 g_h += rstd[:, :, None] * (g_hn - xhat * c2[:, :, None])
-        tl.store(GH + rows, g_h.to(GH.dtype.element_ty), mask=tid_ok)
+        tl.store(GH + rows, cast_rtne(g_h, GH.dtype.element_ty), mask=tid_ok)
 
 
+# BT is set by the launcher: BT k >= 16 rows for tl.dot in the forward; in the backward BT
+# also sizes the buffer of partial sums.
 _readout_fwd_tuned = triton.autotune(
     configs=[
-        triton.Config({"BT": bt, "BD": bd}, num_warps=w)
-        for bt, bd, w in [(1, 256, 4), (1, 512, 4), (1, 1024, 8), (2, 256, 4), (4, 128, 4)]
+        triton.Config({"BD": bd}, num_warps=w)
+        for bd, w in [(32, 4), (64, 4), (128, 4), (128, 8), (256, 8)]
     ],
     key=["F", "K", "P", "DYNAMIC"],
 )(_readout_fwd)
-# BT is fixed by the launcher in the backward (it sizes the buffer of partial sums)
 _readout_bwd_tuned = triton.autotune(
     configs=[
         triton.Config({"BD": bd}, num_warps=w)
@@ -351,7 +345,7 @@ def _cpu_block_d(F: int) -> int:
 
 def _cpu_block_t(T: int, KP: int, BD: int) -> int:
     """Tokens per program in the interpreter: few, large programs (each runs in Python)."""
-    return max(1, min(triton.next_power_of_2(T), 4096 // (KP * BD)))
+    return max(1, min(triton.next_power_of_2(T), 16384 // (KP * BD)))
 
 
 def _meta(K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, acc) -> dict:
@@ -362,7 +356,7 @@ def _meta(K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, ac
         P=P,
         PP=triton.next_power_of_2(P),
         NC=NC,
-        NCP=triton.next_power_of_2(NC),
+        NCP=max(16, triton.next_power_of_2(NC)),  # tl.dot needs 16 on a GPU
         DYNAMIC=dynamic,
         LAYER=cfg.layer,
         AFFINE_W=affine_w,
@@ -415,13 +409,15 @@ def readout_forward(H, static, W, gamma, bias, scale, cfg: ReadOutConfig):
     args += (out,) + ((coef, z, mean, rstd) if dynamic else (dummy,) * 4)
     args += (T, F, cfg.eps)
     BD = _cpu_block_d(F)
+    BT = max(1, 16 // meta["KP"]) if H.is_cuda else _cpu_block_t(T, meta["KP"], BD)
     launch(
         _readout_fwd,
         _readout_fwd_tuned,
-        lambda m: (triton.cdiv(T, m["BT"]),),
+        lambda m: (triton.cdiv(T, BT),),
         args,
         H.is_cuda,
-        {"BT": _cpu_block_t(T, meta["KP"], BD), "BD": BD},
+        {"BD": BD},
+        BT=BT,
         **meta,
     )
     return out, coef, z, mean, rstd
@@ -460,9 +456,8 @@ def readout_backward(g_out, g_hp, g_coef, saved, cfg: ReadOutConfig):
         return g_H, g_static, zero(W), g_gamma, None if bias is None else zero(bias), zero(scale)
     on_gpu = H.is_cuda
     BD = _cpu_block_d(F)
-    BT = min(GPU_BACKWARD_TOKENS, triton.next_power_of_2(T)) if on_gpu else None
     meta = _meta(K, NC, cfg, dynamic, gamma is not None, acc)
-    BT = BT or _cpu_block_t(T, meta["KP"], BD)
+    BT = GPU_BACKWARD_TOKENS if on_gpu else _cpu_block_t(T, meta["KP"], BD)
     programs = triton.cdiv(T, BT)
     dummy = static
     if dynamic:

@@ -39,12 +39,27 @@ import triton
 import triton.language as tl
 
 from hclib.connection import compute_dtype
-from hclib.kernels.dispatch import launch
+from hclib.kernels.dispatch import interpreting, launch
 
-__all__ = ["PostRes", "post_res", "post_res_backward", "post_res_forward"]
+__all__ = ["PostRes", "cast_rtne", "post_res", "post_res_backward", "post_res_forward"]
+
+# Triton's interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even); the
+# truncation biases every stored value towards zero, which sums over tokens turn into errors
+# far above bfloat16's rounding. Under the interpreter, cast_rtne rounds by hand.
+_ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
 
 
 # ------------------------------------------------------------------------------- kernels
+@triton.jit
+def cast_rtne(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` rounded to nearest even, also for bfloat16 in the interpreter."""
+    if _ROUND_BF16_BY_HAND and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round the low 16 bits
+        return bits.to(tl.float32, bitcast=True).to(dtype)  # exact: the low bits are zero
+    return x.to(dtype)
+
+
 @triton.jit
 def _post_res_fwd(
     H,  # (T, N, D) state
@@ -83,7 +98,7 @@ def _post_res_fwd(
         h_j = tl.load(H + t[:, None] * (N * D) + j * D + d[None, :], mask=td_ok, other=0.0)
         r_j = tl.load(RES + t[:, None] * s_res_t + i[None, :] * N + j, mask=ti_ok, other=0.0)
         acc += r_j.to(ACC)[:, :, None] * h_j.to(ACC)[:, None, :]  # res[:, :, j] H[:, j]
-    tl.store(OUT + rows, acc.to(OUT.dtype.element_ty), mask=tid_ok)
+    tl.store(OUT + rows, cast_rtne(acc, OUT.dtype.element_ty), mask=tid_ok)
 
 
 @triton.jit
@@ -126,12 +141,14 @@ def _post_res_bwd(
         if Y_ROWS:
             y = tl.load(Y + rows, mask=tid_ok, other=0.0).to(ACC)
             g_post += tl.sum(g * y, axis=2)
-            tl.store(GY + rows, (post[:, :, None] * g).to(GY.dtype.element_ty), mask=tid_ok)
+            tl.store(GY + rows, cast_rtne(post[:, :, None] * g, GY.dtype.element_ty), mask=tid_ok)
         else:
             y = tl.load(Y + t[:, None] * D + d[None, :], mask=td_ok, other=0.0).to(ACC)
             g_post += tl.sum(g * y[:, None, :], axis=2)
             g_y = tl.sum(post[:, :, None] * g, axis=1)  # sum_i post_i G_i  (BT, BD)
-            tl.store(GY + t[:, None] * D + d[None, :], g_y.to(GY.dtype.element_ty), mask=td_ok)
+            tl.store(
+                GY + t[:, None] * D + d[None, :], cast_rtne(g_y, GY.dtype.element_ty), mask=td_ok
+            )
         for j in tl.static_range(N):
             h_j = tl.load(H + t[:, None] * (N * D) + j * D + d[None, :], mask=td_ok, other=0.0)
             col = tl.sum(g * h_j.to(ACC)[:, None, :], axis=2)  # dres[:, :, j]  (BT, NP)
@@ -140,7 +157,7 @@ def _post_res_bwd(
             g_h = tl.sum(r_j.to(ACC)[:, :, None] * g, axis=1)  # sum_i res_ij G_i  (BT, BD)
             tl.store(
                 GH + t[:, None] * (N * D) + j * D + d[None, :],
-                g_h.to(GH.dtype.element_ty),
+                cast_rtne(g_h, GH.dtype.element_ty),
                 mask=td_ok,
             )
     tl.store(GPOST + t[:, None] * N + i[None, :], g_post, mask=ti_ok)
@@ -175,7 +192,7 @@ def _acc(dtype: torch.dtype):
 def _cpu_blocks(T: int, D: int, NP: int) -> dict:
     """Block sizes for the interpreter: few, large programs (each runs in Python)."""
     BD = min(triton.next_power_of_2(D), 256)
-    BT = max(1, min(triton.next_power_of_2(T), 4096 // (NP * BD)))
+    BT = max(1, min(triton.next_power_of_2(T), 16384 // (NP * BD)))
     return {"BT": BT, "BD": BD}
 
 
