@@ -90,7 +90,7 @@ print(f"{H100.name}: {H100.bandwidth_tbs} TB/s, {H100.bf16_tflops:.0f} bf16 TFLO
 # ## Bytes, not FLOPs
 #
 # A GPU kernel is limited either by its arithmetic or by the bytes it moves between memory and
-# the chip. The *roofline* model (Williams, Waterman and Patterson, 2009) compares the two through
+# the chip. The *roofline* model {cite:p}`williams2009roofline` compares the two through
 # the **arithmetic intensity** $I$, FLOPs per byte moved: a kernel can run at most at
 #
 # $$
