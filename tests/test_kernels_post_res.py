@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (T, n, d): one token, a few, many; n in {1, 2, 4, 8}; d not a multiple of the block size
-SHAPES = [(1, 1, 33), (3, 2, 100), (17, 4, 130), (40, 8, 33), (40, 4, 100), (5, 3, 7)]
+SHAPES = [(1, 1, 33), (3, 2, 100), (17, 4, 130), (40, 8, 33), (5, 3, 7)]
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)]
 # token-shared (static) or per-token (dynamic) weights; y for every row or one per row (FC)
 LAYOUTS = [

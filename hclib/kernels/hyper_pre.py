@@ -51,6 +51,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import launch
@@ -220,35 +221,29 @@ def _readout_bwd(
     pid = tl.program_id(0).to(tl.int64)
     t = pid * BT + tl.arange(0, BT)  # (BT,) tokens
     i = tl.arange(0, KP)
-    j = tl.arange(0, PP)
     c = tl.arange(0, NCP)
     t_ok, i_ok, c_ok = t < T, i < K, c < NC
     ti_ok = t_ok[:, None] & i_ok[None, :]
     tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]
     ic = i[:, None] * NC + c[None, :]
     tic = t[:, None, None] * (K * NC) + ic[None, :, :]
-    if DYNAMIC:
-        coef = tl.load(COEF + tic, mask=tic_ok, other=0.0).to(ACC)
+    # pass 1: the read-out weights' gradient, d coef_i[j] = sum_d dout_j H_i (j < P); the
+    # loops over j keep every tile (BT, KP, BD), whatever P (FC has P = m)
+    if HAS_GIN:
+        g_coef = tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
     else:
-        static = tl.load(STATIC + ic, mask=i_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
-        coef = tl.zeros((BT, KP, NCP), dtype=ACC) + static[None, :, :]
-    is_pre = c[None, None, None, :] == j[None, None, :, None]  # column c is read-out j
-    pre = tl.sum(tl.where(is_pre, coef[:, :, None, :], 0.0), axis=3)  # (BT, KP, PP)
-    # pass 1: the read-out weights' gradient, d coef_i[j] = sum_d dout_j H_i
-    g_pre = tl.zeros((BT, KP, PP), dtype=ACC)
+        g_coef = tl.zeros((BT, KP, NCP), dtype=ACC)
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
+        td_ok = t_ok[:, None] & d_ok[None, :]
         tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
         rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
         h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
-        outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
-        go_ok = t_ok[:, None, None] & (j < P)[None, :, None] & d_ok[None, None, :]
-        go = tl.load(GOUT + outs, mask=go_ok, other=0.0).to(ACC)  # (BT, PP, BD)
-        g_pre += tl.sum(h[:, :, None, :] * go[:, None, :, :], axis=3)
-    g_coef = tl.sum(tl.where(is_pre, g_pre[:, :, :, None], 0.0), axis=2)  # (BT, KP, NCP)
-    if HAS_GIN:
-        g_coef += tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
+        for jj in tl.static_range(P):
+            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
+            col = tl.sum(h * go.to(ACC)[:, None, :], axis=2)  # (BT, KP)
+            g_coef += tl.where(c[None, None, :] == jj, col[:, :, None], 0.0)
     tl.store(GCOEF + tic, g_coef, mask=tic_ok)
     if DYNAMIC:
         z = tl.load(Z + tic, mask=tic_ok, other=0.0).to(ACC)
@@ -271,16 +266,21 @@ def _readout_bwd(
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
+        td_ok = t_ok[:, None] & d_ok[None, :]
         tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
         rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
         if HAS_GHP:
             g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
         else:
             g_h = tl.zeros((BT, KP, BD), dtype=ACC)
-        outs = t[:, None, None] * (P * F) + j[None, :, None] * F + d[None, None, :]
-        go_ok = t_ok[:, None, None] & (j < P)[None, :, None] & d_ok[None, None, :]
-        go = tl.load(GOUT + outs, mask=go_ok, other=0.0).to(ACC)  # (BT, PP, BD)
-        g_h += tl.sum(pre[:, :, :, None] * go[:, None, :, :], axis=2)  # sum_j pre_ij dout_j
+        for jj in tl.static_range(P):  # sum_j coef_i[j] dout_j
+            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
+            if DYNAMIC:
+                coef_j = COEF + t[:, None] * (K * NC) + i[None, :] * NC + jj
+                p_j = tl.load(coef_j, mask=ti_ok, other=0.0)  # (BT, KP)
+            else:
+                p_j = tl.load(STATIC + i * NC + jj, mask=i_ok, other=0.0)[None, :]  # (1, KP)
+            g_h += p_j.to(ACC)[:, :, None] * go.to(ACC)[:, None, :]
         if DYNAMIC:
             h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)
             if LAYER:
@@ -518,6 +518,7 @@ class ReadOut(torch.autograd.Function):
         return (out, H) if W is None else (out, H, coef)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_out, g_hp, g_coef=None):
         grads = readout_backward(g_out, g_hp, g_coef, ctx.saved_tensors, ctx.cfg)
         return (*grads, None)

@@ -37,6 +37,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import interpreting, launch
@@ -281,6 +282,7 @@ class PostRes(torch.autograd.Function):
         return post_res_forward(H, y, post, res)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         H, y, post, res = ctx.saved_tensors
         g_H, g_y, g_post, g_res = post_res_backward(g.contiguous(), H, y, post, res)
