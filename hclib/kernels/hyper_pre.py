@@ -24,8 +24,10 @@ program, right after the first: on a GPU it is served from L2 (a token's state i
 
 Bytes per token (``s`` bytes per element): forward reads ``k f s`` and writes ``p f s``
 (the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights and statistics. The
-backward reads ``H``, ``dout`` and the post+res path's ``dH`` and writes ``dH``:
-``(2 k + p) f s + k f s``, plus, per program of ``BT`` tokens, one float32 partial sum
+backward reads ``H``, ``dout`` and the post+res step's ``dH`` and writes ``dH``:
+``(3 k + p) f s`` (its second pass over ``H`` and ``dout``, after the per-token weight
+gradients are known, is again the same program's, from L2), plus, per program of ``BT``
+tokens, one float32 partial sum
 ``(p + k + 1, f)`` for the projection's gradient, reduced over programs in PyTorch afterwards
 (deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's bytes, ~9 % for
 HC n = 4 in bf16 with ``BT = 32``. All other parameter gradients follow from that sum and
@@ -33,7 +35,12 @@ from per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorc
 
 Layout: ``H`` flattened to ``(T, k, f)`` contiguous; one program per ``BT`` tokens looping
 over ``f`` in blocks of ``BD``; tiles ``(BT, k, BD)`` with ``k`` padded to a power of two.
-Math in float32 (float64 for float64 inputs); the read-out in the dtype of ``H``.
+The projection and its two gradients are ``tl.dot`` s of the ``(BT k, BD)`` rows with the
+``(BD, p + k + 1)`` block of ``W`` (float32 "ieee" precision, coefficients padded to 16). On a
+GPU the forward takes ``BT = 16 / k`` tokens (``tl.dot`` needs 16 rows) and the backward
+``BT = 32`` (which sets the size of the partial sums); ``BD`` and the warps are autotuned.
+In the interpreter the blocks are large (each program runs in Python). Math in float32
+(float64 for float64 inputs); the read-out and ``dH`` in the dtype of ``H``.
 
 Layers: ``_readout_fwd`` / ``_readout_bwd`` (kernels) -> :func:`readout_forward` /
 :func:`readout_backward` (launchers) -> :class:`ReadOut` (``torch.autograd.Function``) ->
