@@ -343,7 +343,7 @@ print(f"Post-Norm minus Pre-Norm: {post.mean:+.4f} [{post.low:+.4f}, {post.high:
 # differences themselves. An interval of half-width $t_{0.975,S-1}\, s_\Delta / \sqrt{S}$
 # shrinks like $1/\sqrt{S}$, and the $t$ factor falls from 4.3 at three seeds to about 2.4 at
 # eight: a mean difference as large as the spread needs about seven seeds, one of half the
-# spread about eighteen (Exercise {ref}`ex-08-seeds`). At the default size, with three, the
+# spread about eighteen ({ref}`ex-08-seeds`). At the default size, with three, the
 # loss side of the papers' sweeps is out of reach.
 
 # %% [markdown]
@@ -435,7 +435,7 @@ for name, one in ONE_STREAM.items():
 # ten times smaller than FC's drop, with every interval containing zero (the static $m = 4$
 # one only just). The one-stream HC network has no streams to mix; all it can learn
 # is a scalar on the state and scalars on the branch's input and output in every layer
-# (Exercise {ref}`ex-08-one-stream`). At this size FC's fractions add nothing measurable on
+# ({ref}`ex-08-one-stream`). At this size FC's fractions add nothing measurable on
 # top of such scalars: its drop in similarity comes from the learnable weights that every HC
 # or FC layer has, not from splitting the state. Chapter 5 saw FC "on the right side of
 # Pre-Norm, but barely" with one seed; with paired seeds the "barely" turns out to be real,
@@ -562,9 +562,9 @@ print(markdown_table(reproduction))
 
 # %% [markdown]
 # "Our number" is the mean paired difference over seeds with its 95% interval (negative:
-# the first-named side is lower). The table is what the lead chapter of the book collects
-# into the book-wide reproduction table; the rows above are plain dicts, built from the
-# measurements by `reproduction_rows`.
+# the first-named side is lower). The rows are plain dicts built from the measurements by
+# `reproduction_rows`, ready to be collected with the other chapters' rows into one table for
+# the whole book.
 
 # %% tags=["nbval-check-output"]
 verdicts = [row["verdict"] for row in reproduction]
@@ -653,7 +653,9 @@ else:
 
 # %% [markdown]
 # When full-size results are present, the next cell prints their reproduction table and both
-# sets of verdicts side by side, and draws Figures 8.1 and 8.2 again at full size.
+# sets of verdicts side by side, and draws Figures 8.1 and 8.2 again at full size. The prose
+# of this chapter describes the default run; for the full size, read the verdicts from that
+# table.
 
 # %%
 if full is not None:
@@ -691,9 +693,9 @@ if full is not None:
 #   spread**; none is contradicted. Not even Post-Norm's loss differs measurably from
 #   Pre-Norm's.
 # - The similarity claims **reproduce**: HC lowers the adjacent-layer similarity, more with
-#   more streams, and the ordering Pre-Norm > FC > HC holds. FC's small margin equals that of
-#   one-stream HC, so at this size it comes from the learnable per-layer weights, not from
-#   the fractions.
+#   more streams, and the ordering Pre-Norm > FC > HC holds. FC's small margin is matched,
+#   within the seed spread, by one-stream HC, so at this size it comes from the learnable
+#   per-layer weights, not from the fractions.
 # - No connection shows a vanishing gradient on this task, so only the similarity side of the
 #   seesaw can be tested here.
 
@@ -792,5 +794,5 @@ if full is not None:
 # gains over the baseline are 0.3% of the loss at $n = 2$ and 1.1% at $n = 4$ (HC Table 1), so
 # three toy seeds can show "one stream is no better by more than about the size of the
 # paper's whole effect", which is too coarse to be interesting. A sharper statement needs many
-# more seeds (Exercise {ref}`ex-08-seeds`).
+# more seeds ({ref}`ex-08-seeds`).
 # ```
