@@ -201,7 +201,12 @@ def _without_times(rows):
 @pytest.fixture(scope="module")
 def sweep():
     data = make_toy_data(256, 64)
-    return data, run_toy_sweep(SWEEP, data, seeds=[0, 1], **SWEEP_SIZE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, as in the chapters
+    try:
+        return data, run_toy_sweep(SWEEP, data, seeds=[0, 1], **SWEEP_SIZE)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_toy_sweep_has_one_row_per_seed_and_config_with_per_layer_measures(sweep):
