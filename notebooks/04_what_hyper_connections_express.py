@@ -540,7 +540,7 @@ plt.show()
 # below. Each panel has its own colour scale.
 #
 # The Post-Norm entry $c_{kj}$ is the product of the factors $1/\sigma$ of layers
-# $j, \dots, k-1$ (exercise {ref}`ex-04-postnorm`). In this freshly initialised toy MLP the
+# $j, \dots, k-1$ ({ref}`ex-04-postnorm`). In this freshly initialised toy MLP the
 # branch outputs are small next to the normalised state, so $\sigma$ is close to one and the
 # decay is slow; the first layer, whose input is the small embedding, has $\sigma < 1$ and
 # weights above one. The numbers behind the three structured panels:
