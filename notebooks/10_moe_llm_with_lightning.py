@@ -25,8 +25,8 @@
 # transformer; for the last sections, what a GPU cluster and a batch scheduler are.
 #
 # The papers' largest results come from mixtures of experts. The hyper-connections paper
-# {cite:p}`zhu2024hyperconnections` reports that OLMoE-1B-7B with four dynamic streams reaches the
-# baseline's loss in about half the tokens; the frac-connections paper
+# {cite:p}`zhu2024hyperconnections` reports that OLMoE-1B-7B with four dynamic streams converges
+# 1.8 times faster than without them; the frac-connections paper
 # {cite:p}`zhu2025fracconnections` runs its ablations on OLMoE models; every model in the mHC
 # paper {cite:p}`xie2025mhc` is a DeepSeek-V3-style MoE. In an MoE model the feed-forward layer
 # of a block is replaced by $E$ experts and a router that sends each token to $k$ of them, so the
@@ -89,9 +89,8 @@ REPO = Path("..").resolve()  # the chapter runs in notebooks/
 
 # %% [markdown]
 # At the default size the chapter trains eight small models on one CPU core, a minute or two
-# in all. `HCLIB_BOOK_SIZE=full` trains the GPU recipe `configs/moe-small.yaml`
-# instead, with three seeds per connection; the section on the full size says how its results
-# are kept.
+# in all. `HCLIB_BOOK_SIZE=full` trains the GPU recipe `configs/moe-small.yaml` instead, with
+# three seeds per connection; the section on the full size says how its results are kept.
 
 # %%
 SIZE = book_size()
@@ -123,11 +122,11 @@ print(f"book size: {SIZE}, recipe: {RECIPE.relative_to(REPO)}, corpus: {CORPUS},
 print((REPO / "configs" / "moe-small.yaml").read_text())
 
 # %% [markdown]
-# Its model is Chapter 9's six-block, 384-wide GPT with the feed-forward layer of blocks 1 to 5
-# replaced by a mixture of 8 experts, each token routed to 2 of them. The first block stays
-# dense, as in DeepSeek-V3 and the mHC paper's models ("leading dense" layers). Each expert is
-# a SwiGLU layer half as wide as the dense one (`moe_hidden: 512` against 1024), so a token's
-# two experts cost what one dense feed-forward layer costs.
+# Its model is the six-block, 384-wide GPT of `configs/gpt-small.yaml` with the feed-forward
+# layer of blocks 1 to 5 replaced by a mixture of 8 experts, each token routed to 2 of them.
+# The first block stays dense, as in DeepSeek-V3 and the mHC paper's models ("leading dense"
+# layers). Each expert is a SwiGLU layer half as wide as the dense one (`moe_hidden: 512`
+# against 1024), so a token's two experts cost what one dense feed-forward layer costs.
 #
 # The CPU recipe `configs/moe-tiny.yaml` is the same file with smaller values. The keys in
 # which the two differ:
@@ -842,7 +841,8 @@ for verdict in VERDICTS:
 # ## The full size
 #
 # `HCLIB_BOOK_SIZE=full` runs the same cells with `configs/moe-small.yaml` as the recipe (the
-# file shown at the top, unchanged but for where it logs) and three seeds per connection:
+# file shown at the top; the overlay changes only where it logs and how many checkpoints it
+# keeps) and three seeds per connection:
 # twelve runs of 5000 steps of 16,384 BPE tokens each, in bfloat16 on one GPU. Its results are
 # not computed when the book is built: they are committed once, as data, under
 # `results/<date>-<device>/10_moe_llm_with_lightning/` (each run's `metrics.csv` and
@@ -961,16 +961,25 @@ if full is not None:
 # ## From one GPU to many nodes
 #
 # The same command trains on a cluster; what changes is how many processes run it and how
-# they share the work. `scripts/slurm/train.sbatch` is the multi-node recipe: a SLURM batch
-# script that asks for nodes and GPUs, starts one process per GPU with `srun`, and passes the
-# allocation's sizes to the trainer. It pairs with `configs/cluster.yaml`, a 24-block,
-# 1024-wide GPT with mHC, sharded with FSDP.
+# they share the work. The multi-node recipe is a SLURM batch script,
+# `scripts/slurm/train.sbatch`, which by default runs `configs/cluster.yaml`, a 24-block,
+# 1024-wide GPT with mHC, sharded with FSDP:
 
 # %%
-SBATCH = REPO / "scripts" / "slurm" / "train.sbatch"
-print(SBATCH.read_text() if SBATCH.exists() else f"({SBATCH.relative_to(REPO)} is not there yet)")
+print((REPO / "scripts" / "slurm" / "train.sbatch").read_text())
 
 # %% [markdown]
+# Read it from the `#SBATCH` lines down. The job asks for 2 nodes with 8 tasks and 8 GPUs
+# each, one process per GPU. `srun` starts the 16 processes, each running the same
+# `python -m hclib.train fit` command, and Lightning finds its rank, the other processes and
+# the address of rank 0 in SLURM's environment variables, so nothing like `torchrun` is
+# needed. The script passes the allocation's node and task counts to `trainer.num_nodes` and
+# `trainer.devices`, so `sbatch --nodes=4 ...` needs no edit of the recipe (Lightning refuses
+# to start when the two disagree). `--signal=SIGUSR1@90` and `--requeue` make a job that
+# reaches its time limit save a checkpoint and queue itself again, to resume where it stopped.
+# The corpus must sit on a file system that every node sees (`HCLIB_DATA`). The book's page
+# "How to run the book" lists the steps of a submission.
+#
 # The lines of `configs/cluster.yaml` that a one-GPU recipe does not have are all in its
 # `trainer` section:
 
@@ -1109,10 +1118,11 @@ for name, model, recipe, W in MODELS:
 #   parameter; the cell below gives the sizes. Under FSDP, `state_dict_type: full` gathers them
 #   into one file on rank 0 (slow for large models, and rank 0 needs the memory);
 #   `sharded` writes one file per GPU. Resuming (`--ckpt_path <run>/checkpoints/last.ckpt`)
-#   continues bit for bit, because the windows of step $i$ depend only on the seed and $i$
-#   (Chapter 9). On a cluster, put `default_root_dir` and the logs on a file system every node
-#   sees, and set `checkpoint.every_n_train_steps` so that a job killed at its time limit loses
-#   little.
+#   continues with exactly the batches the uninterrupted run would have seen, because the
+#   windows of step $i$ depend only on the seed and $i$ (Chapter 9). On a cluster, put
+#   `default_root_dir` and the logs on a file system every node sees; the job's own
+#   checkpoint before its time limit (above) covers the end of an allocation, and
+#   `checkpoint.every_n_train_steps` bounds what a crash can lose.
 # * **Precision.** `bf16-mixed` runs matrix products in bfloat16 under autocast and keeps
 #   float32 weights, gradients and optimizer state; bfloat16 has float32's exponent range, so no
 #   loss scaling is needed. The MoE router computes its softmax in float32 (`MoE.route`) and the
@@ -1139,8 +1149,8 @@ for name, model, _, W in MODELS:
 #
 # * **Only rank 0 writes.** `runs/cluster/version_N/` holds one `metrics.csv`, one set of
 #   TensorBoard events (`tensorboard --logdir runs`), the checkpoints and the diagnostics
-#   figures; the other processes write nothing. Each process's printed output goes to SLURM's
-#   output file for the job.
+#   figures; the other processes write nothing. What the processes print goes to the job's
+#   output file, `slurm-hclib-train-<job id>.out` (the script's `--output`).
 # * **What is averaged over GPUs.** `val/loss` is averaged over all ranks (`sync_dist=True`).
 #   `train/loss`, `train/ce` and every `moe/*` value are rank 0's own micro-batch, one
 #   $W$-th of the global batch: noisier than a one-GPU run of the same recipe, but drawn from
