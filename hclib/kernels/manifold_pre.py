@@ -36,10 +36,12 @@ Kernels and passes (``s`` bytes per state element, 2 for bf16; small per-token v
   ``dphi`` for its rows of ``phi`` across its tokens with ``tl.dot`` (per-split partial sums,
   added in PyTorch: deterministic, no atomics).
 
-Together with :func:`hclib.kernels.post_res.post_res` (forward ``2 n d s + d s``, backward
-``3 n d s + 2 d s``) an mHC layer moves about ``4-5 n d s`` bytes per token forward and
-``7 n d s`` backward, against the ``n d s``-per-tensor floor of reading and writing each state
-tensor once.
+Against the floor of :mod:`hclib.traffic` (per token, in elements: ``pre`` reads ``n d`` and
+writes ``d``; its backward reads ``dh0``, ``H`` and the partial ``dH``, ``(2n + 1) d``, and
+writes ``dH``, ``n d``), the read-out moves ``n d`` extra in the forward when pass 2 misses L2,
+and ``(n + 1) d`` extra in the backward (kernel 1's read of ``H`` and ``dh0``: ``dpre`` must be
+complete before any ``dH`` can be written). Per layer with ``post_res`` at ``n = 4``: 41 d of
+floor, 46 d to 50 d moved.
 
 The state gradient from ``post_res`` (``res^T dH'``) and the one from the read-out would meet
 in autograd's accumulation, an extra read-read-write of the state. :func:`manifold_pre`
@@ -48,7 +50,7 @@ gradient that reaches ``H_pass`` is added inside backward kernel 2, in the same 
 writes ``dH``.
 
 Layout: ``H`` ``(T, n, d)`` contiguous, read as ``(T, n d)`` in pass 1 (coalesced chunks of
-``BC`` columns) and as ``(BT, NP, BD)`` tiles in pass 2; ``phi`` ``(n d, K)`` row-major; the
+``BC`` columns) and as one ``(BT, BD)`` tile per stream in pass 2; ``phi`` ``(n d, K)`` row-major; the
 saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32 (float64 when the
 module or the input is float64). Matmuls accumulate in float32: on a GPU a bf16 state meets
 ``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa bits), a float32 state
@@ -200,17 +202,20 @@ def _manifold_pre_fwd(
     if tl.max(tl.where(t_ok, bad, 0), axis=0) > 0:
         tl.atomic_max(FLAG, 1)  # the redo kernel recomputes every token in log space
 
-    # pass 2: h0 = sum_i pre_i H_i, the same token block again (from L2 when it is still there)
+    # pass 2: h0 = sum_i pre_i H_i, the same token block again (from L2 when it is still there);
+    # one (BT, BD) tile per stream keeps the registers to two such tiles
     for d0 in range(0, D, BD):
         d = d0 + tl.arange(0, BD)
-        d_ok = d < D
-        offs = t[:, None, None] * ND + i[None, :, None] * D + d[None, None, :]  # (BT, NP, BD)
-        x3 = tl.load(H + offs, mask=ti_ok[:, :, None] & d_ok[None, None, :], other=0.0)
-        h0 = tl.sum(pre[:, :, None] * x3.to(ACC), axis=1)  # (BT, BD)
+        td_ok = t_ok[:, None] & (d < D)[None, :]
+        h0 = tl.zeros((BT, BD), dtype=ACC)
+        for s in tl.static_range(N):
+            pre_s = tl.sum(tl.where(i[None, :] == s, pre, 0.0), axis=1)  # (BT,)
+            x = tl.load(H + t[:, None] * ND + s * D + d[None, :], mask=td_ok, other=0.0)
+            h0 += pre_s[:, None] * x.to(ACC)
         tl.store(
             H0 + t[:, None] * D + d[None, :],
             _store_value(h0, ROUND).to(H0.dtype.element_ty),
-            mask=t_ok[:, None] & d_ok[None, :],
+            mask=td_ok,
         )
 
 
@@ -270,17 +275,16 @@ def _manifold_pre_bwd_coef(
     valid = (i_ok[:, None] & (j < N)[None, :])[None, :, :]  # (1, NP, NP)
     tij_ok = t_ok[:, None, None] & valid
 
-    # dpre_i = <dh0, H_i>, reduced over d in ACC
+    # dpre_i = <dh0, H_i>, reduced over d in ACC, one (BT, BD) tile per stream
     g_pre = tl.zeros((BT, NP), dtype=ACC)
     for d0 in range(0, D, BD):
         d = d0 + tl.arange(0, BD)
-        d_ok = d < D
-        offs = t[:, None, None] * ND + i[None, :, None] * D + d[None, None, :]  # (BT, NP, BD)
-        x3 = tl.load(H + offs, mask=ti_ok[:, :, None] & d_ok[None, None, :], other=0.0)
-        gh = tl.load(
-            G_H0 + t[:, None] * D + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0
-        )
-        g_pre += tl.sum(x3.to(ACC) * gh.to(ACC)[:, None, :], axis=2)
+        td_ok = t_ok[:, None] & (d < D)[None, :]
+        gh = tl.load(G_H0 + t[:, None] * D + d[None, :], mask=td_ok, other=0.0).to(ACC)
+        for s in tl.static_range(N):
+            x = tl.load(H + t[:, None] * ND + s * D + d[None, :], mask=td_ok, other=0.0)
+            g_s = tl.sum(x.to(ACC) * gh, axis=1)  # (BT,)
+            g_pre += tl.where(i[None, :] == s, g_s[:, None], 0.0)
 
     # the coefficients' backward: sigmoid, 2 sigmoid, Sinkhorn (recomputed in registers)
     z_pre, z_post, z_res, l_pre, l_post, l_res = _logits(Z, BIAS, ALPHA, t, t_ok, K, N, NP)
@@ -413,15 +417,17 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# The configs below compile for sm_90 without register spills (checked with ptxas' resource
+# usage, not yet timed on a GPU): the (BT, BD) tiles of a pass over every stream cost
+# registers for the values and 64-bit addresses of each stream's tile, so BD stays small.
 def _fwd_configs():
     return [
         triton.Config({"BT": bt, "BC": bc, "BD": bd}, num_warps=w, num_stages=s)
         for bt, bc, bd, w, s in [
-            (16, 128, 128, 4, 3),
-            (16, 256, 256, 8, 3),
-            (32, 128, 128, 4, 3),
-            (32, 128, 256, 8, 2),
-            (64, 64, 128, 8, 3),
+            (16, 64, 32, 4, 3),
+            (16, 64, 64, 4, 3),
+            (16, 64, 128, 8, 3),
+            (16, 128, 128, 8, 3),
         ]
     ]
 
@@ -429,14 +435,20 @@ def _fwd_configs():
 def _coef_configs():
     return [
         triton.Config({"BT": bt, "BD": bd}, num_warps=w)
-        for bt, bd, w in [(4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 256, 8), (32, 128, 8)]
+        for bt, bd, w in [(4, 128, 4), (8, 64, 4), (8, 128, 4), (16, 64, 8), (16, 128, 8)]
     ]
 
 
 def _state_configs(NP: int):
     return [
         triton.Config({"BT": bt, "BD": max(1, cols // NP)}, num_warps=w, num_stages=s)
-        for bt, cols, w, s in [(32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 8, 3), (128, 128, 8, 2)]
+        for bt, cols, w, s in [
+            (16, 32, 4, 3),
+            (16, 64, 4, 2),
+            (16, 64, 8, 2),
+            (16, 128, 8, 2),
+            (32, 128, 8, 3),
+        ]
     ]
 
 
