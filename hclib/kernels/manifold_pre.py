@@ -50,11 +50,12 @@ gradient that reaches ``H_pass`` is added inside backward kernel 2, in the same 
 writes ``dH``.
 
 Layout: ``H`` ``(T, n, d)`` contiguous, read as ``(T, n d)`` in pass 1 (coalesced chunks of
-``BC`` columns) and as one ``(BT, BD)`` tile per stream in pass 2; ``phi`` ``(n d, K)`` row-major; the
-saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32 (float64 when the
-module or the input is float64). Matmuls accumulate in float32: on a GPU a bf16 state meets
-``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa bits), a float32 state
-uses 3xTF32; the interpreter computes every ``tl.dot`` in float32 (or float64).
+``BC`` columns) and as one ``(BT, BD)`` tile per stream in pass 2; ``phi`` ``(n d, K)``
+row-major; the saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32
+(float64 when the module or the input is float64). Matmuls accumulate in float32: on a GPU a
+bf16 state meets ``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa
+bits), a float32 state uses 3xTF32; the interpreter computes every ``tl.dot`` in float32 (or
+float64). Block sizes are autotuned on a GPU (not in float64) and fixed in the interpreter.
 
 Layers: ``_manifold_pre_*`` kernels -> :func:`manifold_pre_forward` /
 :func:`manifold_pre_backward` (launchers) -> :class:`ManifoldPre` (autograd) ->
@@ -407,6 +408,11 @@ def _precision(H: torch.Tensor, acc: torch.dtype) -> tuple[bool, str]:
     return H.dtype == torch.bfloat16, "tf32x3"
 
 
+def _tuned(H: torch.Tensor, acc: torch.dtype) -> bool:
+    """Autotune on a GPU, except in float64 (a gradient check, not a training run)."""
+    return H.is_cuda and acc != torch.float64
+
+
 def _round_in_kernel(H: torch.Tensor) -> bool:
     """Round bf16 results to nearest even by hand: only in the interpreter, which truncates."""
     return not H.is_cuda and H.dtype == torch.bfloat16
@@ -515,12 +521,14 @@ def manifold_pre_forward(
         "BC": min(256, max(16, triton.next_power_of_2(n * d))),
         "BD": min(128, triton.next_power_of_2(d)),
     }
+    if H.is_cuda:  # float64 on a GPU: small fixed tiles (the tuned ones overflow shared memory)
+        cpu = {"BT": 16, "BC": 32, "BD": 32}
     launch(
         _manifold_pre_fwd,
         _fwd_tuned,
         lambda meta: (triton.cdiv(T, meta["BT"]),),
         args,
-        H.is_cuda,
+        _tuned(H, acc),
         cpu,
         N=n,
         NP=NP,
@@ -579,9 +587,9 @@ def manifold_pre_backward(
 
     # kernel 1: per token block; its partial sums have one row per program
     cpu1 = {"BT": _cpu_tokens(T, 64), "BD": min(128, triton.next_power_of_2(d))}
-    blocks = triton.cdiv(
-        T, min(c.kwargs["BT"] for c in _coef_configs()) if H.is_cuda else cpu1["BT"]
-    )
+    if H.is_cuda:
+        cpu1 = {"BT": min(c.kwargs["BT"] for c in _coef_configs()), "BD": 64}
+    blocks = triton.cdiv(T, cpu1["BT"])  # the fewest tokens per program: the most rows
     part = torch.zeros((blocks, K + 3), dtype=acc, device=dev)
     launch(
         _manifold_pre_bwd_coef,
@@ -589,7 +597,7 @@ def manifold_pre_backward(
         lambda meta: (triton.cdiv(T, meta["BT"]),),
         (H, g_h0, g_post, g_res, z, rinv, bias, alpha, flag, pre, dzs, cx, part)
         + (T, d, K, iters, backward_segment(iters)),
-        H.is_cuda,
+        _tuned(H, acc),
         cpu1,
         N=n,
         NP=NP,
@@ -612,12 +620,14 @@ def manifold_pre_backward(
         "BT": _cpu_tokens(T, 64),
         "BD": max(16 // NP, min(triton.next_power_of_2(d), 256 // NP)),
     }
+    if H.is_cuda:
+        cpu2 = {"BT": 16, "BD": max(1, 32 // NP)}
     launch(
         _manifold_pre_bwd_state,
         _state_kernel(NP),
         lambda meta: (triton.cdiv(d, meta["BD"]), splits),
         (H, g_h0, g_pass, pre, dzs, cx, phi, g_H, g_phi, T, d, K, per_split),
-        H.is_cuda,
+        _tuned(H, acc),
         cpu2,
         N=n,
         NP=NP,
