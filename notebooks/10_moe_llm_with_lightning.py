@@ -20,9 +20,10 @@
 #
 # [![Open In Colab](figures/colab-badge.svg)](https://colab.research.google.com/github/hclib-book/hclib/blob/main/notebooks/10_moe_llm_with_lightning.ipynb)
 #
-# **Prerequisites:** Chapters 2 and 3 (HC), 5 (FC) and 6 (mHC); Chapter 9 (the GPT, its
-# `GPTModule` and the `python -m hclib.train` command). Background: the feed-forward layer of a
-# transformer; for the last sections, what a GPU cluster and a batch scheduler are.
+# **Prerequisites:** Chapters 2 and 3 (HC), 5 (FC) and 6 (mHC); Chapter 8 (paired seeds and the
+# three verdicts); Chapter 9 (the GPT on Shakespeare and its training loop). Background: the
+# feed-forward layer of a transformer; for the last sections, what a GPU cluster and a batch
+# scheduler are.
 #
 # The papers' largest results come from mixtures of experts. The hyper-connections paper
 # {cite:p}`zhu2024hyperconnections` reports that OLMoE-1B-7B with four dynamic streams converges
@@ -113,9 +114,17 @@ print(f"book size: {SIZE}, recipe: {RECIPE.relative_to(REPO)}, corpus: {CORPUS},
 # %% [markdown]
 # ## The recipe
 #
-# A recipe is a YAML file that `python -m hclib.train` (a `LightningCLI`, Chapter 9) turns into
-# a model, a data module and a trainer. Every key carries a comment with its meaning and, in
-# brackets, the value it would take if the line were deleted. This is the chapter's GPU recipe,
+# Chapter 9 wrote its training loop out by hand. PyTorch Lightning splits the same loop into
+# three objects: a `LightningModule`, here `hclib.training.GPTModule` (the GPT, its loss,
+# AdamW with the papers' weight-decay rule and the warmup-cosine schedule); a `DataModule`,
+# here `hclib.training.CorpusDataModule` (Chapter 9's windows, drawn from the seed and the
+# step, and split across GPUs); and Lightning's `Trainer`, which runs the loop, validates,
+# logs, saves checkpoints and handles devices and precision. `python -m hclib.train` is a
+# `LightningCLI` over the first two: a *recipe*, a YAML file, holds `GPTModule`'s arguments
+# under `model:`, `CorpusDataModule`'s under `data:`, the `Trainer`'s under `trainer:`, and one
+# section for each callback hclib always adds (`throughput`, `nan_guard`, `diagnostics`,
+# `checkpoint`). Every key carries a comment with its meaning and, in brackets, the value it
+# would take if the line were deleted. This is the chapter's GPU recipe,
 # `configs/moe-small.yaml`, in full:
 
 # %%
@@ -1000,10 +1009,10 @@ print("\n".join(cluster_text[begin : begin + 16]))
 # \times \text{accumulation}.$$
 #
 # In hclib's recipes `data.batch_size` is the global batch of one micro-step, over all GPUs
-# (Chapter 9's `CorpusDataModule`: on $W$ GPUs rank $r$ takes its $1/W$ share of the same
-# draw of windows), so the micro-batch per GPU is `batch_size / (devices × nodes)`. Moving a
-# recipe from one GPU to sixteen without touching `batch_size` therefore keeps the training
-# exactly the same, batch for batch, and gives each GPU a sixteenth of the work. To keep each
+# (`CorpusDataModule`: on $W$ GPUs rank $r$ takes its $1/W$ share of the same draw of
+# windows), so the micro-batch per GPU is `batch_size / (devices × nodes)`. Moving a
+# recipe from one GPU to sixteen without touching `batch_size` therefore trains on exactly the
+# same windows, step for step, and gives each GPU a sixteenth of the work. To keep each
 # GPU as busy as before, raise `batch_size` sixteen-fold instead, and retune the learning rate
 # for the larger batch.
 
