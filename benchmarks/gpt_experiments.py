@@ -9,10 +9,11 @@ usage::
 
 **What runs**: :func:`hclib.experiments.run_experiments` with the preset
 :data:`hclib.experiments.SIZES` ``["full"]``: a GPT of d = 512, 16 blocks (32 connections),
-8 heads, windows of 512 tokens, 50.4M parameters without the embedding, trained for 6200
-steps of 64 windows (203M tokens) with each of Pre-Norm, HC (n = 4), FC (m = 4), mHC (n = 4)
-and the one-stream control HC n = 1, seeds 0 and 1, bfloat16 autocast, hclib's Triton
-kernels where they apply (``impl="auto"``). The minimum the chapter asks for is Pre-Norm and
+8 heads, windows of 512 tokens, 50.4M parameters in the blocks (52.5M besides the embedding
+with a 4096-token vocabulary, 58.8M with 16384), trained for 6200 steps of 64 windows (203M
+tokens) with each of Pre-Norm, HC (n = 4), FC (m = 4), mHC (n = 4) and the one-stream
+control HC n = 1, seeds 0 and 1, bfloat16 autocast, hclib's Triton kernels where they apply
+(``impl="auto"``). The minimum the chapter asks for is Pre-Norm and
 mHC with both seeds; ``--connections`` and ``--seeds`` choose.
 
 **The corpus**: ``--corpus auto`` (default) takes the first *built* corpus of
