@@ -449,8 +449,9 @@ for name in ("residual", "hc", "mhc"):
 # near 1. One arm of the $\Lambda$, early layers that reach every later layer, is there and
 # exaggerated; the other, adjacent layers weighing most, is not. The growth is the composite
 # gain of the next section seen from the other side: products of HC's mixing matrices amplify
-# what passes through them. mHC's matrix stays close to Pre-Norm's ones, and the embedding's
-# weight is exactly 1 (its read-out weights sum to 1 and its mixing matrices' rows too).
+# what passes through them. mHC's matrix stays close to Pre-Norm's ones. Its embedding column
+# cannot grow: the rows of its mixing matrices sum to 1, so the embedding's weight in layer
+# $k$'s input is the sum of layer $k$'s read-out weights, which starts at 1 and moves little.
 
 # %% [markdown]
 # ## Amax gains over training: HC against mHC
