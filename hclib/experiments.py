@@ -1,9 +1,9 @@
 """The small GPT's experiments: one training run per connection and seed, measured and kept.
 
-Chapter 9 trains the same GPT with each connection (Pre-Norm residual, HC, FC, mHC) at equal
-depth, width and tokens, repeats each run with a few seeds, and judges the papers' claims
-from the spread. This module holds what the chapter and its full-size script
-(``benchmarks/gpt_experiments.py``) share:
+Chapter 9 trains the same GPT with each connection (Pre-Norm residual, HC, FC, mHC, and HC
+with one stream as a control, :data:`VARIANTS`) at equal depth, width and tokens, repeats
+each run with a few seeds, and judges the papers' claims from the spread. This module holds
+what the chapter and its full-size script (``benchmarks/gpt_experiments.py``) share:
 
 * :class:`ExperimentConfig` and :func:`experiment_config`: the sizes, ``"smoke"`` (tests),
   ``"small"`` (the book's CPU default) and ``"full"`` (one GPU, documented in the chapter);
@@ -330,12 +330,21 @@ def run_label(cfg: GPTConfig) -> str:
     }[cfg.connection]
 
 
-def saved_activation_bytes(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> int:
+def saved_activation_bytes(
+    model: nn.Module, idx: torch.Tensor, targets: torch.Tensor | None
+) -> int:
     """Bytes of the tensors autograd keeps for the backward pass of one training forward.
 
     Every saved tensor is counted by its storage, once, whatever views of it are saved; the
     parameters (kept anyway) are not counted. This is the activation memory of the step, as
     HC Appendix B and mHC Section 4.3 count it, independent of the allocator and the device.
+    Under autocast, the low-precision copies of the weights that the backward pass needs are
+    counted too (they are memory the step holds).
+
+    Args:
+        model: called as ``model(idx, targets)``, returning ``(anything, loss)``
+            (:class:`hclib.models.GPT`, :class:`hclib.training.GPTModule`).
+        idx, targets: one batch, e.g. ``(B, T)`` token ids and next tokens.
     """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
