@@ -36,8 +36,8 @@
 #
 # The default size trains for about two minutes on one CPU core, so it can only speak about
 # the first 51 thousand tokens of training of a 4-block model. The chapter also describes, runs
-# at `HCLIB_BOOK_SIZE=full`, and loads when present, a size that a GPU trains in a few hours: a
-# GPT of 50M parameters on 200M tokens per connection.
+# at `HCLIB_BOOK_SIZE=full`, and loads when present, a size for one GPU: a GPT of 50M
+# parameters trained on 200M tokens per connection.
 
 # %%
 import subprocess
@@ -118,11 +118,11 @@ print(f"runs: {', '.join(config.connections)}; seeds {list(config.seeds)}")
 # %% [markdown]
 # The small size is a 64-wide GPT with 4 blocks trained on windows of 64 bytes, 8 windows per
 # step for 100 steps, with three seeds. The learning rate, $3 \times 10^{-3}$, came from a short
-# search on the Pre-Norm model and is not tuned per connection (the papers do not tune theirs
-# either). Four runs are the connections of the book, HC and mHC with $n = 4$ streams and FC
-# with $m = 4$ fractions, all dynamic as in the papers. The fifth, `hc-n1`, is HC with a single
-# stream: it has HC's learnable scalars (read-out, write-in and mixing weights) but no extra
-# streams, the control that HC's Table 1 starts with.
+# search on the Pre-Norm model and is not tuned per connection (FC's paper, too, trains its
+# connections with the baseline's settings). Four runs are the connections of the book, HC and
+# mHC with $n = 4$ streams and FC with $m = 4$ fractions, all dynamic as in the papers. The
+# fifth, `hc-n1`, is HC with a single stream: it has HC's learnable scalars (read-out, write-in
+# and mixing weights) but no extra streams, the control that HC's Table 1 starts with.
 #
 # ## The corpus and the five models
 #
@@ -140,9 +140,10 @@ print(corpus.decode(corpus.val[5000 : 5000 + config.block_size]))
 # The five models share everything but the connection. Under one seed they also share the
 # weights of every attention and feed-forward layer, because the connections' own parameters
 # are created without drawing random numbers (`hclib.models.GPT` initialises its linear
-# layers in the same order for every connection). HC's parameters add little: at width $d$
-# each dynamic HC layer holds $d(n+2) + n(n+2) + 2$ of them plus a norm (HC Appendix B),
-# mHC's $nd(n^2+2n) + n^2 + 2n + 3$ (mHC Section 4.2).
+# layers in the same order for every connection). A dynamic HC layer adds
+# $d(n+2) + n(n+2) + 2$ parameters plus a norm (HC Appendix B), an mHC layer
+# $nd(n^2+2n) + n^2 + 2n + 3$ (mHC Section 4.2): its projection reads all $n d$ numbers of the
+# state.
 
 # %% tags=["nbval-check-output"]
 fresh = {}
@@ -155,6 +156,11 @@ for name, model in fresh.items():
     own = layer_params - sum(p.numel() for layer in model.layers for p in layer.branch.parameters())
     total = model.num_params(exclude_embedding=False)
     print(f"{name:<9}{model.cfg.connection:<11}{total:>12,}{own:>16,} ({own / total:.1%})")
+
+# %% [markdown]
+# HC and FC add about one per cent. mHC adds 17% at this width, because its projection grows
+# like $d$ while the attention and feed-forward layers grow like $d^2$: its share falls as
+# $1/d$, to 3% at the full size's $d = 512$ and well under 1% at the mHC paper's widths.
 
 # %% [markdown]
 # Because HC, FC and mHC start as the Pre-Norm network (Chapters 2, 5 and 6), the five models
@@ -373,7 +379,7 @@ for name in config.connections:
 
 # %% [markdown]
 # The first pairs of layers differ most (the first attention and feed-forward layers change
-# the embedding a lot); from the second block on, every connection's consecutive inputs have a
+# the embedding a lot); in the deeper half, every connection's consecutive inputs have a
 # cosine above 0.99: after 100 steps the layers of this small model still add little to the
 # carried state. In that deeper half FC lowers the similarity a little, in every seed, and HC
 # with four streams does not: its layer inputs are slightly *more* alike than Pre-Norm's, in
@@ -462,9 +468,9 @@ for name in ("residual", "hc", "mhc"):
 # the product $H^{res}_l \cdots H^{res}_1$ of the token-averaged mixing matrices through depth:
 # it reaches about 3000 for HC and stays near 1.6 for mHC, whose matrices are doubly
 # stochastic. The probes record both gains of every layer's matrix and of the products, at
-# step 0 and every 25 steps (`composite_forward[l]` is the gain of $H^{res}_l \cdots
-# H^{res}_1$, `composite_backward[l]` of $H^{res}_L \cdots H^{res}_l$). By hand, from the final
-# mixing matrices of the HC run:
+# step 0 and every `config.probe_every` steps (`composite_forward[l]` is the gain of
+# $H^{res}_l \cdots H^{res}_1$, `composite_backward[l]` of $H^{res}_L \cdots H^{res}_l$). By
+# hand, from the final mixing matrices of the HC run:
 
 # %% tags=["nbval-check-output"]
 res = torch.tensor(hc_record["final"]["res"])  # (L, n, n): token-averaged H_res per layer
@@ -516,10 +522,11 @@ print(f"mHC composite forward gains: within {np.abs(mhc_forward - 1).max():.0e} 
 
 # %% [markdown]
 # HC's largest composite gain leaves 1 after about twenty steps and reaches about 5 to 6 by
-# step 100, in every seed; with a single stream (HC $n = 1$, whose "mixing matrix" is one number per
-# layer) it stays below 2, and mHC's stays within 0.3% of 1. The paper's 3000 against 1.6 comes
-# from a 60-layer model after thousands of steps; ours from 8 layers after 100. The sizes differ
-# by orders of magnitude, the direction is the paper's, in every seed.
+# step 100, in every seed; with a single stream (HC $n = 1$, whose "mixing matrix" is one
+# number per layer) it stays below 2, and mHC's stays within 0.3% of 1. The paper's 3000
+# against 1.6 comes from 60 mixing layers (a 30-block model) after thousands of steps; ours from
+# 8 after 100. The sizes differ by orders of magnitude; the direction is the paper's, in every
+# seed.
 #
 # mHC's forward composite gain is 1 to float precision at every step and layer: its
 # Sinkhorn-Knopp projection ends with a row normalisation, so every $H^{res}$ has rows summing
@@ -581,8 +588,8 @@ for name in config.connections:
 
 # %% [markdown]
 # HC's four streams double the activations kept for the backward pass. mHC keeps 2.7 times
-# Pre-Norm's: besides its four streams, autograd keeps the intermediate matrices of the 20
-# Sinkhorn-Knopp iterations of every layer (the mHC paper's kernels recompute them in the
+# Pre-Norm's: besides its four streams, autograd keeps, among others, the intermediate matrices
+# of the 20 Sinkhorn-Knopp iterations of every layer (the mHC paper's kernels recompute them in the
 # backward pass instead, Section 4.3). FC carries a state of Pre-Norm's width; its extra comes
 # from the dynamic weights, and so does most of the one-stream HC's.
 
@@ -618,8 +625,8 @@ print(f"measured:      {hc_bytes - base_bytes:,.0f} ({(hc_bytes - base_bytes) / 
 #
 # Each claim becomes a comparison between two runs of a measure above, paired by seed, judged
 # by Chapter 8's `compare_seeds` (the mean paired difference and its 95% Student-$t$ interval).
-# With two seeds the interval's factor $t_{0.975,1} \approx 12.7$ is large: a claim reproduces
-# only if the two seeds agree closely on an effect.
+# With three seeds the interval's factor is $t_{0.975,2} \approx 4.30$: a claim reproduces only
+# if the seeds agree on an effect about 2.5 times larger than the spread of their differences.
 
 # %%
 setting = describe(config, corpus.name)
@@ -652,8 +659,8 @@ print(f"our 95% interval of HC minus Pre-Norm: [{hc_vs_pre.low:+.4f}, {hc_vs_pre
 print("the interval excludes a gain of the paper's relative size:", hc_vs_pre.low > -paper_gain)
 
 # %% [markdown]
-# So at this scale HC does not buy the paper's relative gain, although three seeds cannot tell
-# whether it buys a smaller one or none. The rest of the table:
+# So at this scale HC does not give a gain of the paper's relative size (at 95% confidence),
+# although three seeds cannot tell whether it gives a smaller one or none. The rest of the table:
 #
 # - **Similarity.** FC lowers the similarity of consecutive layers' inputs below Pre-Norm's in
 #   every seed (**reproduces**, by a small margin); HC with four streams does not (inconclusive,
@@ -682,7 +689,10 @@ print("the interval excludes a gain of the paper's relative size:", hc_vs_pre.lo
 # Shakespeare's 1.5M BPE tokens, which 203M tokens would cross about 130 times: the first
 # *built* one of `fineweb-edu-bpe` and `tinystories-bpe` (`python -m hclib.data build --corpus
 # tinystories-bpe` needs `pip install datasets` and a network), else `shakespeare-bpe`; the
-# results say which. To produce it on a GPU:
+# results say which. With two seeds its intervals are wide ($t_{0.975,1} \approx 12.7$): it can
+# decide only the claims whose effects are large and consistent next to the seed spread, and
+# whether the papers' loss gains are among them at 50M parameters is what it tests. To produce
+# it on a GPU:
 #
 # ```bash
 # python benchmarks/gpt_experiments.py                     # every run: a few hours
