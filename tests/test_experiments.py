@@ -22,6 +22,7 @@ from torch import nn
 
 from hclib.data import write_corpus
 from hclib.experiments import (
+    AUTO_CORPORA,
     GPT_CLAIMS,
     NOT_MEASURED,
     SIZES,
@@ -144,6 +145,16 @@ def test_hc_n1_variant_is_hc_with_one_stream():
     cfg = SMOKE.model_config("hc-n1", 64)
     assert (cfg.connection, cfg.n) == ("hc", 1)
     assert set(VARIANTS) == {"residual", "hc", "fc", "mhc", "hc-n1"}
+
+
+def test_auto_corpus_prefers_the_largest_built_one(tmp_path):
+    source = {"kind": "synthetic"}
+    tokens = markov_tokens(200, 0)
+    write_corpus(tmp_path, "shakespeare-bpe", tokens, tokens, VOCAB, source)
+    assert pick_corpus("auto", tmp_path).name == "shakespeare-bpe"
+    write_corpus(tmp_path, "tinystories-bpe", tokens, tokens, VOCAB, source)
+    assert pick_corpus("auto", tmp_path).name == "tinystories-bpe"
+    assert AUTO_CORPORA[0] == "fineweb-edu-bpe"
 
 
 # --------------------------------------------------------------------------- one run
