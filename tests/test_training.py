@@ -85,7 +85,7 @@ def cli_args(root: Path, out: Path, *extra: str, logger: bool = False) -> list[s
                     "class_path": f"pytorch_lightning.loggers.{kind}",
                     "init_args": {"save_dir": str(out), "name": "run"},
                 }
-                for kind in ("TensorBoardLogger", "CSVLogger")
+                for kind in ("CSVLogger", "TensorBoardLogger")
             ]
         )
         if logger
