@@ -181,7 +181,9 @@ class GPTModule(pl.LightningModule):
         if self._trainer is None:
             return True
         every = max(1, self.trainer.log_every_n_steps)
-        return self.trainer.global_step % every == 0
+        # Lightning writes the logged values when (global_step + 1) % every == 0 (global_step is
+        # the count of finished steps): log on that step so the value written is this step's.
+        return (self.trainer.global_step + 1) % every == 0
 
     def _log_moe(self) -> None:
         for block, moe in zip(self.moe_blocks, self.model.moe_modules(), strict=True):
