@@ -237,12 +237,12 @@ print(f"by hand: {by_hand:,}, counted: {counted:,}, equal: {by_hand == counted}"
 # module keeps both after every forward pass (with the weights of `model.aux_loss_coef` and
 # `model.z_loss_coef` in the recipe):
 #
-# * the **load-balancing loss** of the Switch Transformer (Fedus et al., 2022),
+# * the **load-balancing loss** of the Switch Transformer {cite:p}`fedus2022switch`,
 #   $E \sum_e f_e P_e$, where $f_e$ is the fraction of the $N k$ assignments of a batch of $N$
 #   tokens that went to expert $e$ (its *load*) and $P_e$ the mean router probability of $e$.
 #   It is 1 when both are uniform and grows as load concentrates: if every token went to the
 #   same $k$ experts with probability $1/k$ each, it would be $E/k$;
-# * the **router z-loss** of ST-MoE (Zoph et al., 2022), the mean of
+# * the **router z-loss** of ST-MoE {cite:p}`zoph2022stmoe`, the mean of
 #   $(\log \sum_e e^{z_e})^2$, which keeps the logits small.
 #
 # The training logs also carry every expert's load $f_e$ and the busiest expert's load times
