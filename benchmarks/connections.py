@@ -70,6 +70,7 @@ import torch
 from torch import nn
 
 import hclib
+from hclib.book import results_dir
 from hclib.traffic import MODES, device_peak, floor_bytes
 
 CONNECTIONS = ("hc", "fc", "mhc")
@@ -971,10 +972,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 def settings_from(args: argparse.Namespace) -> Settings:
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
@@ -1007,7 +1004,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if small:
             s.out = Path(tempfile.mkdtemp(prefix="hclib-bench-smoke-"))
         else:
-            s.out = Path("results") / f"{datetime.date.today().isoformat()}-{_slug(device_name)}"
+            s.out = results_dir(device_name)
     return s
 
 

@@ -41,7 +41,6 @@ import argparse
 import csv
 import datetime
 import gc
-import re
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from typing import Any
 
 import torch
 
+from hclib.book import results_dir
 from hclib.models.gpt import GPTConfig
 from hclib.optim import param_groups
 from hclib.training import GPTModule, flops_per_token, peak_flops
@@ -368,10 +368,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 def settings_from(args: argparse.Namespace) -> Settings:
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
@@ -386,7 +382,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if small:
             out = Path(tempfile.mkdtemp(prefix="hclib-train-step-smoke-"))
         else:
-            out = Path("results") / f"{datetime.date.today().isoformat()}-{_slug(device_name)}"
+            out = results_dir(device_name)
     return Settings(
         dims=args.dims or ([64] if small else [768, 2048]),
         connections=args.connections,

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
 import json
 import math
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,11 +46,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hclib.book import results_dir
 from hclib.models.gpt import GPT, GPTConfig
 from hclib.models.wiring import CONNECTIONS
 from hclib.optim import param_groups
 from hclib.streams import check_count
-from hclib.toy import compare_seeds
+from hclib.toy import compare_seeds, markdown_table
 from hclib.training.callbacks import probe_connections
 from hclib.training.datamodule import TrainWindows, ValWindows
 from hclib.training.flops import flops_per_token
@@ -672,14 +671,9 @@ def run_experiments(
     return records, models
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 def results_folder(root: Path | str, device_name: str, name: str, date: str | None = None) -> Path:
     """``<root>/<date>-<device slug>/<name>``, the layout of the committed GPU results."""
-    date = date or datetime.date.today().isoformat()
-    return Path(root) / f"{date}-{_slug(device_name)}" / name
+    return results_dir(device_name, root, date) / name
 
 
 def write_results(
@@ -932,17 +926,6 @@ def _short_label(connection: str, records: Sequence[dict[str, Any]]) -> str:
     return {"residual": "Pre-Norm", "hc": "HC", "fc": "FC", "mhc": "mHC", "hc-n1": "HC n=1"}.get(
         connection, connection
     )
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of dicts with the same keys (the first row's keys are the columns)."""
-    if not rows:
-        raise ValueError("markdown_table needs at least one row")
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row[k]).replace("|", "\\|") for k in keys) + " |")
-    return "\n".join(lines)
 
 
 def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

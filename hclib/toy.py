@@ -50,6 +50,7 @@ __all__ = [
     "compare_seeds",
     "load_toy_sweep",
     "make_toy_data",
+    "markdown_table",
     "run_toy_sweep",
     "save_toy_sweep",
     "seesaw_measures",
@@ -432,3 +433,15 @@ def compare_seeds(
     else:
         verdict = VERDICTS[1] if above else VERDICTS[0] if mean <= 0 else VERDICTS[2]
     return SeedComparison(mean, low, high, seeds, verdict)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of dicts with the same keys (the first row's keys are the columns);
+    the chapters print their reproduction rows with it. A ``|`` in a cell is escaped."""
+    if not rows:
+        raise ValueError("markdown_table needs at least one row")
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[k]).replace("|", "\\|") for k in keys) + " |")
+    return "\n".join(lines)

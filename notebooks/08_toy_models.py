@@ -71,6 +71,7 @@ from hclib.toy import (
     compare_seeds,
     load_toy_sweep,
     make_toy_data,
+    markdown_table,
     run_toy_sweep,
     save_toy_sweep,
     student_t_quantile,
@@ -545,13 +546,6 @@ def reproduction_rows(rows, setting):
             }
         )
     return table
-
-
-def markdown_table(table):
-    keys = list(table[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in table]
-    return "\n".join(lines)
 
 
 SETTING = f"toy MLP d={DIM}, L={DEPTH}, {STEPS} steps, {len(SEEDS)} seeds"

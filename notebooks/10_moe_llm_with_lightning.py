@@ -77,7 +77,7 @@ from hclib.data import CORPORA, ensure_corpus
 from hclib.models import GPT, GPTConfig
 from hclib.models.moe import MoE
 from hclib.plotting import PALETTE, color, use_book_style
-from hclib.toy import VERDICTS, compare_seeds
+from hclib.toy import VERDICTS, compare_seeds, markdown_table
 from hclib.traffic import hc_activation_elements
 from hclib.training.cli import main as train_cli
 from hclib.training.flops import active_params, flops_per_token
@@ -814,13 +814,6 @@ def reproduction_rows(logs, seeds, setting):
             }
         )
     return table
-
-
-def markdown_table(table):
-    keys = list(table[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in table]
-    return "\n".join(lines)
 
 
 SETTING = f"MoE GPT {SMALL_SETTING}, {len(SEEDS)} seeds"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hclib
+from hclib.book import device_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "connections.py"
@@ -79,7 +80,7 @@ def test_default_output_folder_is_results_date_device():
     args = bench.parse_args(["--smoke", "--connections", "fc"])
     s = bench.settings_from(args)
     assert s.connections == ["fc"] and s.tokens == [16] and s.providers == list(bench.PROVIDERS)
-    assert bench._slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 
 
 @pytest.mark.parametrize("connection", ["residual", "hc", "fc", "mhc"])

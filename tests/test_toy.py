@@ -1,17 +1,20 @@
 """The toy task, its training loop and the seesaw measures."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import hclib
-from hclib.book import book_size, scaled
+from hclib.book import book_size, device_slug, results_dir, scaled
 from hclib.models import DeepMLP
 from hclib.toy import (
     VERDICTS,
     compare_seeds,
     load_toy_sweep,
     make_toy_data,
+    markdown_table,
     run_toy_sweep,
     save_toy_sweep,
     seesaw_measures,
@@ -253,3 +256,23 @@ def test_toy_sweep_sets_the_seed_itself():
         run_toy_sweep(SWEEP, data, seeds=[0], seed=3)
     with pytest.raises(ValueError, match="at least one seed"):
         run_toy_sweep(SWEEP, data, seeds=[])
+
+
+def test_results_dir_is_results_date_device_slug():
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert device_slug("  ") == "device"
+    folder = results_dir("NVIDIA H200", root="r", date="2026-11-23")
+    assert folder == Path("r/2026-11-23-nvidia-h200")
+
+
+def test_markdown_table_has_a_header_a_rule_and_escaped_cells():
+    rows = [{"claim": "a|b", "verdict": "reproduces"}, {"claim": "c", "verdict": 1}]
+    table = markdown_table(rows)
+    assert table.splitlines() == [
+        "| claim | verdict |",
+        "| --- | --- |",
+        "| a\\|b | reproduces |",
+        "| c | 1 |",
+    ]
+    with pytest.raises(ValueError, match="at least one row"):
+        markdown_table([])
