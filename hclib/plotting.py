@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PALETTE", "color", "use_book_style"]
+__all__ = ["PALETTE", "color", "show_figure", "use_book_style"]
 
 PALETTE: dict[str, str] = {
     "pre-norm": "#D55E00",  # vermilion: the Pre-Norm residual (HC Figure 3's red)
@@ -49,3 +49,24 @@ def use_book_style(**overrides: Any) -> None:
     }
     style.update(overrides)
     mpl.rcParams.update(style)
+
+
+def show_figure(fig: Any, name: str) -> None:
+    """Show ``fig`` in the notebook and store it under ``name`` for the book's captions.
+
+    The book numbers, captions and cross-references a figure only through a MyST directive,
+    ``{glue:figure} name`` with a ``:name:`` label; MyST-NB's ``glue`` keeps the figure in the
+    cell's output under ``name`` for it. Tag the calling cell ``remove-output`` so that the
+    book shows the figure once, in its captioned directive. Where ``myst_nb`` is not installed
+    (e.g. on Colab) the figure is simply shown.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    try:
+        from myst_nb import glue
+    except ImportError:  # no MyST-NB: nothing to number, just show the figure
+        display(fig)
+    else:
+        glue(name, fig, display=True)
+    plt.close(fig)
