@@ -56,13 +56,38 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hclib
 from hclib.book import scaled
+from hclib.diagrams import draw_hc_heatmap
 from hclib.models.mlp import DeepMLP
-from hclib.plotting import color, use_book_style
+from hclib.plotting import color, show_figure, use_book_style
 from hclib.toy import make_toy_data, train_toy
 
 use_book_style()
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and much faster on a shared CPU
 F64 = torch.float64
+
+# %% [markdown]
+# ## What the paper reports
+#
+# The numbers below are **the paper's**, not this book's: language models trained on 500B
+# tokens, the Pre-Norm baseline against dynamic hyper-connections with $n$ streams (DHC×$n$),
+# from HC Table 1 (OLMo-1B) and Table 5 (OLMo-7B). V2 and V3 are the paper's two validation
+# sets; "downstream" is the average accuracy over seven tasks.
+#
+# | model, 500B tokens | V2 loss | V3 loss | downstream avg. (%) |
+# |---|---|---|---|
+# | OLMo-1B (Pre-Norm baseline) | 2.811 | 2.544 | 62.5 |
+# | OLMo-1B-DHC×1 | 2.819 | 2.556 | 62.3 |
+# | OLMo-1B-DHC×2 | 2.802 | 2.534 | 63.0 |
+# | OLMo-1B-DHC×4 | 2.781 | 2.514 | 63.8 |
+# | OLMo-1B-DHC×8 | 2.778 | 2.516 | 62.8 |
+# | OLMo-7B (Pre-Norm baseline) | 2.581 | 2.322 | 70.1 |
+# | OLMo-7B-DHC×4 | 2.559 | 2.304 | 71.0 |
+#
+# One stream is slightly worse than the baseline, more streams are better, and $n = 4$ is
+# the paper's default. For the mixture-of-experts model OLMoE-1B-7B the paper reports that
+# DHC×4 reaches the baseline's training loss with about 1.8 times fewer tokens (HC Figure 1).
+# This chapter builds the dynamic weights and counts their cost; it does not train a model
+# large enough to test these numbers.
 
 # %% [markdown]
 # ## The dynamic weights, written out
@@ -172,7 +197,8 @@ print("rows that moved when stream 2 changed:", [i for i in range(n) if moved[i]
 # HC Algorithm 2 initialises the projections $W_\beta, W_m, W_r$ to **zero** and the scales
 # $s_\alpha, s_\beta$ to **0.01**. With $W = 0$, every $\tanh(\bar H W)$ is $\tanh(0) = 0$, so
 # the dynamic layer computes exactly the static layer of chapter 2, which in turn computes the
-# Pre-Norm residual network (HC Eq. 14). Nothing about the dynamic part has to be "warmed up".
+# Pre-Norm residual network (HC Eq. 14, {ref}`sec-02-init-prenorm`). Nothing about the dynamic
+# part has to be "warmed up".
 #
 # What about learning? Write $u = \bar H W$ for one projection and $g = \partial L / \partial
 # A$ for the gradient reaching the matrix entry that $u$ feeds. Then
@@ -184,8 +210,8 @@ print("rows that moved when stream 2 changed:", [i for i in range(n) if moved[i]
 # $$
 #
 # At $W = 0$ the first is **exactly zero** and the second is $s\, \bar H^\top g$: the
-# projections learn (their gradient is $s = 0.01$ times the gradient they would get with a
-# scale of one), the scales do not, yet. We check all three claims on one layer, with a random
+# projections receive a gradient ($s = 0.01$ times the one they would get with a scale of
+# one), the scales do not, yet. We check all three claims on one layer, with a random
 # linear read-out as the loss.
 
 
@@ -231,7 +257,10 @@ print(
 # both gradients vanish (each is proportional to the other parameter), so the dynamic part
 # would sit at a saddle and never move. With $s = 0.01$, the first optimizer step moves the
 # $W$'s away from zero; from then on $\tanh(\bar H W) \ne 0$ and the scales receive gradient
-# too. One AdamW step on a layer inside a loss shows the hand-over:
+# too. One AdamW step on a layer inside a loss shows the hand-over, and something else:
+# AdamW divides each gradient by its own running size, so the small factor $s$ does not slow
+# the $W$'s down. After one step every moved entry has moved by the learning rate,
+# $10^{-3}$:
 
 # %% tags=["nbval-check-output"]
 torch.manual_seed(1)
@@ -334,11 +363,86 @@ print("every scale grew beyond its initial 0.01:", grew)
 
 # %% [markdown]
 # The scales grew beyond 0.01 in every layer (the listing above shows by how much): the model
-# chose to use the dynamic part. To see what it does, we subtract each matrix's static part and
-# plot, for three layers, the distribution over the validation tokens of the *dynamic part* of
-# every entry. The dashed lines are $\pm|s|$, the bound that the `tanh` enforces.
+# chose to use the dynamic part. To see what it does, look first at a few tokens. Each token
+# has its own HC matrix $\begin{pmatrix} 0 & B(H) \\ A_m(H) & A_r(H) \end{pmatrix}$, which we
+# assemble from `mappings` (its `res` is $A_r^\top$); with the projections at zero it must be
+# the static matrix for every token, which the first lines check on a fresh layer.
+
 
 # %%
+def token_matrices(pre, post, res):
+    """Per-token HC matrices (tokens, n+1, n+1) = [[0, B(H)], [A_m(H), A_r(H)]] from mappings."""
+    tokens, n = pre.shape
+    M = torch.zeros(tokens, n + 1, n + 1)
+    M[:, 0, 1:] = post  # B(H)
+    M[:, 1:, 0] = pre  # A_m(H)
+    M[:, 1:, 1:] = res.transpose(-1, -2)  # A_r(H) = res^T
+    return M
+
+
+fresh = hclib.HyperConnection(DIM, nn.Identity(), n=RATE, layer_id=1)
+with torch.no_grad():
+    M_fresh = token_matrices(*fresh.mappings(torch.randn(5, RATE, DIM)))
+torch.testing.assert_close(M_fresh, fresh.static_matrix().expand(5, -1, -1), rtol=0, atol=0)
+
+K_SHOW = DEPTH // 2  # a middle layer of the trained model
+static = model.layers[K_SHOW].static_matrix()
+M_tok = token_matrices(*maps[K_SHOW])  # (validation tokens, n+1, n+1)
+TOKENS = [int((data.y_val == c).nonzero()[0]) for c in range(3)]  # first token of classes 0-2
+dyn = M_tok[TOKENS] - static  # the input-dependent parts, (3, n+1, n+1)
+
+# %% tags=["remove-output"]
+fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.1), layout="constrained")
+draw_hc_heatmap(static, axes[0], title=f"layer {K_SHOW}: static part")
+vmax = dyn.abs().max().item()
+for ax, t, D in zip(axes[1:], TOKENS, dyn, strict=True):
+    title = f"token {t} (class {data.y_val[t].item()}): + dynamic part"
+    draw_hc_heatmap(D, ax, vmax=vmax, title=title, fmt="{:+.2f}")
+fig.colorbar(axes[1].images[0], ax=list(axes[1:]), shrink=0.8, label="dynamic part")
+show_figure(fig, "fig-03-tokens")
+
+# %% [markdown]
+# ```{glue:figure} fig-03-tokens
+# :name: fig-03-tokens
+#
+# The HC matrix of a middle layer of the trained toy model: its static part (left, shared by
+# all tokens; row 0 is $B$, column 0 is $A_m$, the rest $A_r$, outlined in the colours of
+# {numref}`fig-02-layer`) and, for three validation tokens of different classes, the part that
+# each token's own streams add to it (HC Eqs. 11-13; note the much smaller colour scale).
+# Each token's matrix is the static one plus its panel. The rows of a panel nearly agree: row
+# $i$ reads stream $i$ only, and in this small model a token's four streams are still close to
+# each other (the check below the figure).
+# ```
+
+# %% tags=["nbval-check-output"]
+s_a, s_b = (
+    abs(model.layers[K_SHOW].alpha_scale.item()),
+    abs(model.layers[K_SHOW].beta_scale.item()),
+)
+print("per-token matrices assembled from mappings equal the static one at W = 0:", True)
+print(
+    "the three tokens' matrices all differ:",
+    bool((dyn[0] != dyn[1]).any() and (dyn[1] != dyn[2]).any()),
+)
+print(
+    "every dynamic part within the tanh bound (|s_beta| in row 0, |s_alpha| below):",
+    bool((dyn[:, 0].abs() <= s_b).all() and (dyn[:, 1:].abs() <= s_a).all()),
+)
+print(
+    "largest dynamic part smaller than a fifth of the largest static entry:",
+    vmax < 0.2 * static.abs().max().item(),
+)
+centred = states[K_SHOW] - states[K_SHOW].mean(-1, keepdim=True)  # (tokens, n, d), as the norm
+unit = F.normalize(centred, dim=-1)
+stream_cos = torch.einsum("tid,tjd->tij", unit, unit).mean(0)  # (n, n), mean over tokens
+print("every two streams entering this layer: mean cosine above 0.8:", bool(stream_cos.min() > 0.8))
+
+# %% [markdown]
+# Over all validation tokens, we subtract each matrix's static part and plot, for three
+# layers, the distribution of the *dynamic part* of every entry. The dashed lines are
+# $\pm|s|$, the bound that the `tanh` enforces.
+
+# %% tags=["remove-output"]
 SHOW = [0, DEPTH // 2, DEPTH - 1]
 fig, axes = plt.subplots(
     len(SHOW),
@@ -381,14 +485,18 @@ for row, k in enumerate(SHOW):
         if row == len(SHOW) - 1:
             ax.set_xlabel("entry (stream $i$, or $ij$)")
 fig.tight_layout()
-plt.show()
+show_figure(fig, "fig-03-spread")
 
 # %% [markdown]
-# **Figure 3.1.** Distribution over validation tokens of the input-dependent part of each HC
-# weight, for the first, a middle and the last layer of the trained toy model (boxes:
-# quartiles; whiskers: 5th-95th percentiles; dashed: $\pm|s|$, the bound set by `tanh`). Entry
-# $ij$ of $A_r$ is how much of stream $i$ goes into stream $j$. The spread shows that
-# different tokens use different matrices; every box stays inside the dashed band.
+# ```{glue:figure} fig-03-spread
+# :name: fig-03-spread
+#
+# Distribution over validation tokens of the input-dependent part of each HC weight, for the
+# first, a middle and the last layer of the trained toy model (boxes: quartiles; whiskers:
+# 5th-95th percentiles; dashed: $\pm|s|$, the bound set by `tanh`). Entry $ij$ of $A_r$ is
+# how much of stream $i$ goes into stream $j$. The spread shows that different tokens use
+# different matrices; every box stays inside the dashed band.
+# ```
 #
 # Two patterns are pure structure, not learning. In layer 0 the four streams are still four
 # copies of the embedding, and since row $i$ depends on stream $i$ only, the four boxes of
@@ -420,9 +528,10 @@ print("static B of every layer between 0.8 and 1.2:", bool(((static_b - 1).abs()
 # In this small model the per-token standard deviations lie between a hundredth and a fifth,
 # small against the static parts (the static $B$ stays near its initial ones): the dynamic
 # part *modulates* a shared matrix rather than replacing it. The HC paper makes a related
-# observation on its vision model (HC Figure 12): there the write weights $B$
-# are similar for images of one class and differ between classes. Our toy task has no such
-# structure to find, so we do not read more into the particular entries.
+# observation on its vision model (HC Figure 12, the last layer of a ViT-Base with DHC×2):
+# the write weights $\beta$ ($B$) are concentrated within each class, while the read and
+# mixing weights $\alpha$ vary more but still differ between classes. Our toy task has no
+# such structure to find, so we do not read more into the particular entries.
 
 # %% [markdown]
 # ## Parameters: the count behind HC Table 7
@@ -466,14 +575,38 @@ for n_ in (1, 2, 4, 8):
     print(f"n={n_}: module counts equal Eq. 21 (static) and Eqs. 23-25 (dynamic, d=64): {same}")
 
 # %% [markdown]
-# HC Appendix B evaluates the formula for three models: OLMo-1B ($d = 2048$, 16 layers),
-# OLMo-7B ($d = 4096$, 32 layers), both with parameter-free norms, and OLMoE-1B-7B
-# ($d = 2048$, 16 layers) whose RMSNorms carry a gain of $d$ parameters. Table 7 prints both a
-# "HC Params" column and the model totals with and without HC; the difference of the totals is
-# a second, independent reading of the same number. We compare all three (the paper's values
-# are constants below, in billions).
+# HC Appendix B works out two examples with OLMo-1B ($d = 2048$, 16 layers, parameter-free
+# norms): 768 extra parameters for static HC with $n = 4$ and 394,048 for dynamic HC with
+# $n = 4$. The modules give both, and a few hundredths of a percent of the model:
 
 # %% tags=["nbval-check-output"]
+shc4 = 2 * 16 * hc_params_counted(2048, 4, False)
+dhc4 = 2 * 16 * hc_params_counted(2048, 4, True)
+print(f"OLMo-1B-SHCx4: {shc4:,} extra parameters;  OLMo-1B-DHCx4: {dhc4:,}")
+print(f"OLMo-1B-DHCx4: {100 * dhc4 / 1.17676442e9:.3f}% of the model's 1.17676442 B (HC Table 7)")
+
+# %% [markdown]
+# ````{dropdown} In depth: HC Table 7 row by row
+# Table 7 evaluates the formula for three models: OLMo-1B and OLMo-7B ($d = 4096$, 32
+# layers), both with parameter-free norms, and OLMoE-1B-7B ($d = 2048$, 16 layers), whose
+# RMSNorms carry a gain of $d$ parameters. It prints both an "HC Params" column and the model
+# totals with and without HC, and the difference of the totals is a second, independent
+# reading of the same number. The hidden cell below compares all three (the paper's values
+# are constants, in billions). What it shows:
+#
+# * for the two static models the "HC Params" column is ten times the formula (and ten times
+#   the difference of its own totals), a slipped decimal;
+# * for OLMo-7B-DHC×4 the column disagrees with the formula while the totals agree with it;
+# * for OLMoE-1B-7B-DHC×4 both readings give about 394,000, OLMo-1B's value, i.e. the count
+#   *without* the norm gains; with the $d$-parameter RMSNorm the formula gives more, so the
+#   table appears to leave the norm out.
+#
+# We trust Eqs. 21-25: they follow from the parameter shapes (which the modules confirm), and
+# the differences of the table's own totals agree with them in every row where the norm is
+# parameter-free.
+# ````
+
+# %% tags=["nbval-check-output", "hide-cell"]
 # model: (d, layers, n, dynamic, norm params, "HC Params" column, total w/o HC, total with HC)
 TABLE7 = {
     "OLMo-1B-SHCx2": (2048, 16, 2, False, 0, 0.0000026, 1.17676442, 1.17676467),
@@ -493,26 +626,6 @@ for name, (d_, L, n_, dyn, norm_p, column, before, after) in TABLE7.items():
         f"{name:<18} {counted:>10,} {column_n:>10,} {diff_n:>11,}  "
         f"{abs(column_n - counted) <= 50!s:<9}  {abs(diff_n - counted) <= 10}"
     )
-
-# %% [markdown]
-# The modules reproduce the paper's worked examples exactly: **768** extra parameters for
-# OLMo-1B-SHC×4 and **394,048** for OLMo-1B-DHC×4. The printed table is less consistent:
-#
-# * for the two static models the "HC Params" column is ten times the formula (and ten times
-#   the difference of its own totals), a slipped decimal;
-# * for OLMo-7B-DHC×4 the column disagrees with the formula while the totals agree with it;
-# * for OLMoE-1B-7B-DHC×4 both readings give about 394,000, OLMo-1B's value, i.e. the count
-#   *without* the norm gains; with the $d$-parameter RMSNorm the formula gives the larger
-#   count above, so the table appears to leave the norm out.
-#
-# We trust Eqs. 21-25: they follow from the parameter shapes (which the modules confirm), and
-# the differences of the table's own totals agree with them in every row where the norm is
-# parameter-free. For scale: 394,048 is a few hundredths of a percent of OLMo-1B's 1.18 billion
-# parameters.
-
-# %% tags=["nbval-check-output"]
-extra = 2 * 16 * hc_params_formula(2048, 4, True)
-print(f"OLMo-1B-DHCx4: {extra:,} extra parameters = {100 * extra / 1.17676442e9:.3f}% of the model")
 
 # %% [markdown]
 # ## FLOPs: the width connection against a transformer layer
@@ -556,7 +669,7 @@ for n_ in (2, 4):
 # a two-matrix FFN; OLMo's SwiGLU has three matrices. Like the paper's Table 8, this counts the
 # matrix products of a forward pass and not the attention scores.
 
-# %% tags=["nbval-check-output"]
+# %% tags=["nbval-check-output", "hide-input"]
 OLMO_1B = {"d": 2048, "layers": 16, "ffn_hidden": 8192, "vocab": 50304}  # OLMo-1B config
 
 
@@ -609,11 +722,19 @@ for n_ in (2, 4):
 
 # %% [markdown]
 # Counted this way, HC adds about a tenth of a percent of FLOPs (static, $n = 4$) to a quarter
-# of a percent (dynamic, $n = 4$), the same order as Table 8's 0.13% and 0.20%. The digits
-# differ because the paper does not say exactly which operations it counts (our static count
-# is below the paper's, so the paper includes some elementwise work; our dynamic count is
-# above it). The conclusion does not depend on these details: per layer the width connection
-# costs $\sim n(n+1)/d$ of the layer's matrix products, tiny for $d$ in the thousands. The real
+# of a percent (dynamic, $n = 4$), the same order as Table 8's 0.13% and 0.20%.
+#
+# ```{dropdown} In depth: why the digits differ from HC Table 8
+# The paper does not say exactly which operations Table 8 counts. Our static count is below
+# the paper's, so the paper includes some elementwise work (the write-back
+# $B^\top T(h_0)^\top + H'$, perhaps the norm); our dynamic count is above it, so the paper
+# leaves out part of what we count (perhaps the projections of the normalised streams, which
+# are matrix products). No choice of ours reproduces all four rows at once.
+# ```
+#
+# The conclusion does not depend on these details: one module's width connection
+# costs $d\,n(n+1)$ multiply-adds per token against the $8d^2$ of the two-matrix FFN of width
+# $4d$ it wraps, a ratio of $n(n+1)/(8d)$, tiny for $d$ in the thousands. The real
 # cost of hyper-connections is elsewhere: the carried state is $n$ times wider, which costs
 # activation memory and memory bandwidth (HC Table 9; mHC Section 4), not FLOPs.
 
@@ -678,17 +799,25 @@ print("(layers.1 is split the same way)")
 # `hclib.toy.train_toy` builds its AdamW from these groups, as every training loop in the book
 # does.
 
+# %% tags=["nbval-check-output", "remove-cell"]
+# checks the solution of exercise ex-03-params (hidden in the book)
+per_module = hc_params_counted(2048, 8, True)
+print(f"DHCx8, d=2048: {per_module:,} per module, {2 * 16 * per_module:,} in OLMo-1B")
+print(f"W_r: {2048 * 8:,} of them ({100 * 2048 * 8 / per_module:.0f}%)")
+
 # %% [markdown]
 # ## Summary
 #
 # * Dynamic HC adds, per token, $s\tanh(\operatorname{norm}(H)W)$ to each static weight
 #   (HC Eqs. 10-13); row $i$ of each matrix depends on stream $i$ only.
 # * With $W = 0$ at initialisation, dynamic HC *is* static HC (and so the Pre-Norm network).
-#   The gradient of the scales is exactly zero at first, while the $W$'s learn at a rate
-#   proportional to $s = 0.01$; scales of zero would freeze both.
+#   The gradient of the scales is exactly zero at first, while the $W$'s receive a gradient
+#   proportional to $s = 0.01$. AdamW normalises that factor away: its first step moves the
+#   $W$'s by the learning rate, whatever $s$ is. Scales of zero would freeze both.
 # * `tanh` bounds each dynamic term by $|s|$: the per-token matrix stays a bounded perturbation
-#   of the layer's shared matrix. In the trained toy model the scales grew beyond 0.01 and
-#   tokens varied their weights by a few hundredths.
+#   of the layer's shared matrix. In the trained toy model the scales grew beyond 0.01, and
+#   the per-token weights spread around the static ones by between a hundredth and a fifth
+#   (standard deviation over tokens).
 # * Cost: $n(n+2)$ parameters per static module and $|\theta_{\text{norm}}| + d(n+2) + n(n+2)
 #   + 2$ per dynamic one (768 and 394,048 for OLMo-1B with $n = 4$); FLOPs at most about a
 #   quarter of a percent of the model. Some entries of HC Table 7 disagree with these formulas; the
@@ -728,7 +857,8 @@ print("(layers.1 is split the same way)")
 # ```{solution} ex-03-params
 # :class: dropdown
 # Per module $d(n+2) + n(n+2) + 2 = 2048 \cdot 10 + 80 + 2 = 20{,}562$, so $32 \times 20{,}562 =
-# 657{,}984$ for the model (`2 * 16 * hc_params_counted(2048, 8, True)` gives the same).
+# 657{,}984$ for the model (`2 * 16 * hc_params_counted(2048, 8, True)` gives the same; a
+# hidden cell of this chapter checks it).
 # $W_r$ has $d\,n = 16{,}384$ of the 20,562 parameters per module, about 80%: the dynamic
 # stream mixing dominates the count and grows as $d\,n$.
 # ```
