@@ -56,6 +56,7 @@ __all__ = [
     "multiplicity",
     "reproduction_table",
     "seeds_to_exclude_zero",
+    "table_summary",
     "t_interval",
     "t_quantile",
     "tost",
@@ -398,6 +399,29 @@ def reproduction_table(records: Sequence[VerdictRecord]) -> str:
     return "\n".join(lines)
 
 
+def table_summary(records: Sequence[VerdictRecord], confidence: float = 0.95) -> str:
+    """A paragraph under the table: how many verdicts, how many rest on one seed, and what the
+    number of paired-seed intervals means (:func:`multiplicity`)."""
+    if not records:
+        raise ValueError("no verdict records to summarise")
+    one = sum(r.seeds == 1 for r in records)
+    counts = {v: sum(r.verdict == v for r in records) for v in VERDICTS}
+    family = multiplicity(len(records) - one, confidence) if len(records) > one else None
+    text = (
+        f"{len(records)} verdicts: {counts[VERDICTS[0]]} reproduce, {counts[VERDICTS[1]]} do not "
+        f"reproduce at this scale, {counts[VERDICTS[2]]} are inconclusive. {one} rest on a "
+        "single run and cannot account for the spread between seeds."
+    )
+    if family is not None:
+        text += (
+            f" The other {family.intervals} are {confidence:.0%} intervals over paired seeds: if "
+            f"no difference were real, about {family.expected_false:.1f} of them would still "
+            "exclude zero by chance, so a single verdict that rests on an interval ending close "
+            "to zero is weak evidence on its own."
+        )
+    return text
+
+
 def write_intro_table(intro: Path | str = INTRO, folder: Path | str | None = None) -> bool:
     """Replace the generated table of ``intro`` (between :data:`TABLE_START` and
     :data:`TABLE_END`) with :func:`reproduction_table` of all records; True if it changed."""
@@ -407,8 +431,9 @@ def write_intro_table(intro: Path | str = INTRO, folder: Path | str | None = Non
         raise ValueError(f"{intro} has no markers {TABLE_START!r} ... {TABLE_END!r}")
     head, rest = text.split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
-    table = reproduction_table(load_verdicts(folder))
-    new = f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}"
+    records = load_verdicts(folder)
+    table = reproduction_table(records)
+    new = f"{head}{TABLE_START}\n{table}\n\n{table_summary(records)}\n{TABLE_END}{tail}"
     intro.write_text(new)
     return new != text
 
