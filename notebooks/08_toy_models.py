@@ -35,7 +35,7 @@
 # whether our numbers support it, contradict it, or cannot tell.
 #
 # The answer at the default size is mostly "cannot tell", and the chapter says so claim by
-# claim: a 64-wide network trained for a minute on a CPU is not a language model trained for
+# claim: a 64-wide network trained for 120 steps on a CPU is not a language model trained for
 # months. What the toy task does resolve is the similarity side of the seesaw, where the
 # effects are large enough to stand out from the seed spread.
 
