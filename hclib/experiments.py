@@ -19,7 +19,9 @@ what the chapter and its full-size script (``benchmarks/gpt_experiments.py``) sh
   ``verdicts.md``);
 * :data:`GPT_CLAIMS`, :func:`run_metric`, :func:`judge_claims`, :func:`markdown_table`: the
   papers' claims, a scalar per run for each, and the reproduction table's verdicts
-  (:func:`hclib.toy.compare_seeds` over paired seeds);
+  (:func:`hclib.stats.compare_seeds` over paired seeds, "no better"/"no worse" claims against
+  the margin :data:`LOSS_MARGIN` stated here, before any run); :func:`verdict_records` turns the
+  rows into the records of the book's reproduction table (:mod:`hclib.stats`);
 * :func:`plot_val_curves`, :func:`plot_gain_curves`: the figures that repeat.
 
 A run record is a plain dict of JSON types (lists of floats), so that a results folder is
@@ -50,8 +52,8 @@ from hclib.book import results_dir
 from hclib.models.gpt import GPT, GPTConfig
 from hclib.models.wiring import CONNECTIONS
 from hclib.optim import param_groups
+from hclib.stats import VerdictRecord, compare_seeds, markdown_table
 from hclib.streams import check_count
-from hclib.toy import compare_seeds, markdown_table
 from hclib.training.callbacks import probe_connections
 from hclib.training.datamodule import TrainWindows, ValWindows
 from hclib.training.flops import flops_per_token
@@ -60,6 +62,7 @@ from hclib.training.schedule import WarmupCosine
 __all__ = [
     "AUTO_CORPORA",
     "GPT_CLAIMS",
+    "LOSS_MARGIN",
     "METRICS",
     "NOT_MEASURED",
     "SIZES",
@@ -85,6 +88,7 @@ __all__ = [
     "saved_activation_bytes",
     "summary_rows",
     "train_gpt",
+    "verdict_records",
     "write_results",
 ]
 
@@ -841,7 +845,15 @@ class Claim(NamedTuple):
     metric: str  #: a key of METRICS
     a: str  #: the connection the claim is about
     b: str  #: the one it is compared with
-    kind: str  #: "lower", "higher", "not lower" or "not higher" (of a minus b)
+    kind: str  #: one of hclib.stats.CLAIMS, about a minus b
+    margin: float | None = None  #: equivalence margin of "not lower"/"not higher" claims
+
+
+#: The equivalence margin of the GPT's "no better" and "no worse" loss claims, in nats, fixed
+#: before any run: a loss difference smaller than this counts as none. It is about 0.4% of the
+#: small GPT's loss (about 2.6 nats per byte after 100 steps), a third of HC Table 1's
+#: relative gain of DHC×4 over the baseline (1.1%) at that loss.
+LOSS_MARGIN = 0.01
 
 
 GPT_CLAIMS: tuple[Claim, ...] = (
@@ -850,13 +862,13 @@ GPT_CLAIMS: tuple[Claim, ...] = (
     Claim("FC beats the Pre-Norm residual", "FC Fig. 4: DFC×4 −0.014 (OLMoE-1.3B)",
           "val_loss", "fc", "residual", "lower"),
     Claim("HC with n = 1 is no better than Pre-Norm", "HC Table 1: DHC×1 2.819 vs 2.811",
-          "val_loss", "hc-n1", "residual", "not lower"),
+          "val_loss", "hc-n1", "residual", "not lower", LOSS_MARGIN),
     Claim("HC with n = 4 beats HC with n = 1", "HC Table 1: DHC×4 2.781 vs DHC×1 2.819",
           "val_loss", "hc", "hc-n1", "lower"),
     Claim("mHC beats the Pre-Norm residual", "mHC Fig. 5: −0.021 final loss (27B)",
           "val_loss", "mhc", "residual", "lower"),
     Claim("mHC is no worse than HC", "mHC Table 4: mHC ≥ HC on 7 of 8 benchmarks (27B)",
-          "val_loss", "mhc", "hc", "not higher"),
+          "val_loss", "mhc", "hc", "not higher", LOSS_MARGIN),
     Claim("HC makes adjacent layers' inputs less alike", "HC Fig. 3 (OLMo-1B, n = 4)",
           "similarity", "hc", "residual", "lower"),
     Claim("FC makes adjacent layers' inputs less alike", "FC Fig. 2 (OLMoE-7B, m = 4)",
@@ -884,9 +896,10 @@ def judge_claims(
     """One row per claim: claim, paper and figure, our setting, our number, verdict.
 
     The two sides are paired by seed (only seeds both have count); the verdict is
-    :func:`hclib.toy.compare_seeds`'s (one of :data:`hclib.toy.VERDICTS`), or
+    :func:`hclib.stats.compare_seeds`'s (one of :data:`hclib.stats.VERDICTS`), or
     :data:`NOT_MEASURED` when fewer than two seeds pair up. "Our number" gives both means and
-    the mean paired difference with its 95% interval.
+    the mean paired difference with its 95% interval; a claim with a margin says it in "our
+    setting".
     """
     rows = []
     for c in claims:
@@ -894,6 +907,8 @@ def judge_claims(
         seeds = sorted(set(a) & set(b))
         name_a, name_b = _short_label(c.a, records), _short_label(c.b, records)
         our_setting = f"{METRICS[c.metric][0]}; {setting}".strip("; ")
+        if c.margin is not None:
+            our_setting += f"; equivalence margin {c.margin:g}"
         if len(seeds) < 2:
             number = f"{name_a} vs {name_b}: " + (
                 f"{_fmt(a[seeds[0]])} vs {_fmt(b[seeds[0]])}, 1 seed" if seeds else "not run"
@@ -901,7 +916,7 @@ def judge_claims(
             verdict = NOT_MEASURED
         else:
             va, vb = [a[s] for s in seeds], [b[s] for s in seeds]
-            result = compare_seeds(va, vb, claim=c.kind)
+            result = compare_seeds(va, vb, claim=c.kind, margin=c.margin)
             number = (
                 f"{name_a} {_fmt(np.mean(va))} vs {name_b} {_fmt(np.mean(vb))}: "
                 f"{result.mean:+.3g} [{result.low:+.3g}, {result.high:+.3g}], {len(seeds)} seeds"
@@ -917,6 +932,28 @@ def judge_claims(
             }
         )
     return rows
+
+
+def verdict_records(rows: Sequence[dict[str, str]], chapter: str) -> list[VerdictRecord]:
+    """The :class:`hclib.stats.VerdictRecord` of every measured row of :func:`judge_claims`
+    (rows with :data:`NOT_MEASURED` are left out: they have no verdict)."""
+    records = []
+    for row in rows:
+        if row["verdict"] == NOT_MEASURED:
+            continue
+        seeds = int(row["our number"].rsplit(", ", 1)[1].split()[0])  # "..., 3 seeds"
+        records.append(
+            VerdictRecord(
+                claim=row["claim"],
+                paper=row["paper and figure"],
+                setting=row["our setting"],
+                number=row["our number"],
+                seeds=seeds,
+                verdict=row["verdict"],
+                chapter=chapter,
+            )
+        )
+    return records
 
 
 def _short_label(connection: str, records: Sequence[dict[str, Any]]) -> str:

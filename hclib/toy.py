@@ -11,18 +11,16 @@ For chapter 8's sweeps over connections and seeds:
 * :func:`run_toy_sweep` trains one :class:`hclib.models.DeepMLP` per (configuration, seed) and
   measures it (validation loss and accuracy, :func:`seesaw_measures`), optionally in
   parallel processes; :func:`save_toy_sweep` and :func:`load_toy_sweep` keep its rows as JSON.
-* :func:`compare_seeds` judges a paper's claim from paired per-seed values with a Student-t
-  confidence interval, in the three verdicts of the book's reproduction table
-  (:data:`VERDICTS`).
+
+The paired-seed statistics that judge the sweep's claims live in :mod:`hclib.stats`.
 
 Used in: notebooks/01_residual_connections, 02, 05 and 08.
-Derived in: notebooks/08_toy_models (sweeps over seeds and verdicts).
+Derived in: notebooks/08_toy_models (sweeps over seeds).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -30,9 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
@@ -44,17 +41,12 @@ from hclib.optim import param_groups
 from hclib.streams import check_count
 
 __all__ = [
-    "VERDICTS",
-    "SeedComparison",
     "ToyData",
-    "compare_seeds",
     "load_toy_sweep",
     "make_toy_data",
-    "markdown_table",
     "run_toy_sweep",
     "save_toy_sweep",
     "seesaw_measures",
-    "student_t_quantile",
     "train_toy",
 ]
 
@@ -324,124 +316,3 @@ def load_toy_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any
     if not isinstance(content, dict) or not {"settings", "rows"} <= content.keys():
         raise ValueError(f"{path} is not a toy sweep: expected keys 'settings' and 'rows'")
     return content["settings"], content["rows"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Judging a claim over seeds
-# ---------------------------------------------------------------------------------------------
-
-VERDICTS = ("reproduces", "does not reproduce at this scale", "inconclusive: within seed spread")
-_CLAIMS = ("lower", "higher", "not lower", "not higher")
-
-
-class SeedComparison(NamedTuple):
-    """A paired comparison over seeds: the mean difference, its confidence interval, a verdict."""
-
-    mean: float  # mean over seeds of a - b
-    low: float  # confidence interval of that mean (Student t, ``seeds - 1`` degrees of freedom)
-    high: float
-    seeds: int
-    verdict: str  # one of VERDICTS
-
-
-def student_t_quantile(p: float, df: int) -> float:
-    """The ``p``-quantile of Student's t distribution with ``df`` degrees of freedom.
-
-    Computed by bisection on the CDF, whose density is integrated numerically (no SciPy
-    needed); accurate to about 1e-6 for ``0.5 <= p <= 0.9995``. Lower quantiles follow by
-    symmetry.
-    """
-    check_count(df, "df", "degrees of freedom")
-    if not 0 < p < 1:
-        raise ValueError(f"p must be a probability in (0, 1), got {p}")
-    if p < 0.5:
-        return -student_t_quantile(1 - p, df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float) -> float:
-        t = np.linspace(0.0, x, 4097)  # Simpson's rule on 4096 intervals
-        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
-        w = np.ones_like(t)
-        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
-        return 0.5 + float((w * f).sum()) * (x / 4096) / 3
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def compare_seeds(
-    a: Sequence[float],
-    b: Sequence[float] | None = None,
-    claim: str = "lower",
-    confidence: float = 0.95,
-) -> SeedComparison:
-    """Judge a claim about ``a - b`` from paired per-seed values (``b=None``: about ``a``).
-
-    The differences ``a[s] - b[s]`` of the same seeds are averaged and given a two-sided
-    Student-t confidence interval; the verdict (one of :data:`VERDICTS`) is
-
-    * ``claim="lower"``: "reproduces" if the interval lies below 0, "does not reproduce at
-      this scale" if it lies above 0, "inconclusive: within seed spread" if it contains 0;
-    * ``claim="higher"``: the mirror image;
-    * ``claim="not lower"``: "does not reproduce at this scale" if the interval lies below 0,
-      "reproduces" if the mean is >= 0, inconclusive otherwise;
-    * ``claim="not higher"``: the mirror image.
-
-    A "not lower" claim ("no better than the baseline", for a loss) can be contradicted by the
-    data but never proven; it counts as reproduced when the seeds lean its way and the
-    interval does not exclude it.
-
-    Args:
-        a, b: one value per seed, in the same seed order (at least 2 seeds).
-        claim: ``"lower"``, ``"higher"``, ``"not lower"`` or ``"not higher"``.
-        confidence: the interval's coverage.
-
-    Example:
-        >>> compare_seeds([0.70, 0.71, 0.69], [0.72, 0.73, 0.72], claim="lower").verdict
-        'reproduces'
-    """
-    if claim not in _CLAIMS:
-        raise ValueError(f"claim must be one of {_CLAIMS}, got {claim!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    x = np.asarray(a, dtype=np.float64)
-    if b is not None:
-        y = np.asarray(b, dtype=np.float64)
-        if x.shape != y.shape:
-            raise ValueError(f"a and b need one value per seed each, got {x.shape} and {y.shape}")
-        x = x - y
-    if x.ndim != 1 or x.size < 2:
-        raise ValueError(f"need one value per seed for at least 2 seeds, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"the per-seed differences must be finite, got {x.tolist()}")
-    seeds = x.size
-    mean = float(x.mean())
-    half = student_t_quantile(0.5 + confidence / 2, seeds - 1) * float(x.std(ddof=1)) / seeds**0.5
-    low, high = mean - half, mean + half
-    below, above = high < 0, low > 0
-    if claim == "lower":
-        verdict = VERDICTS[0] if below else VERDICTS[1] if above else VERDICTS[2]
-    elif claim == "higher":
-        verdict = VERDICTS[0] if above else VERDICTS[1] if below else VERDICTS[2]
-    elif claim == "not lower":
-        verdict = VERDICTS[1] if below else VERDICTS[0] if mean >= 0 else VERDICTS[2]
-    else:
-        verdict = VERDICTS[1] if above else VERDICTS[0] if mean <= 0 else VERDICTS[2]
-    return SeedComparison(mean, low, high, seeds, verdict)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of dicts with the same keys (the first row's keys are the columns);
-    the chapters print their reproduction rows with it. A ``|`` in a cell is escaped."""
-    if not rows:
-        raise ValueError("markdown_table needs at least one row")
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row[k]).replace("|", "\\|") for k in keys) + " |")
-    return "\n".join(lines)

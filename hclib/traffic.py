@@ -8,8 +8,12 @@ the element size, 2 for bfloat16):
 * :func:`mhc_table2`: the mHC paper's Table 2 (forward reads and writes of an unfused HC layer
   and of the residual add, mHC Section 3.2), recomputed from the shapes;
   :func:`post_res_traffic`: the write-in and mixing step, unfused and fused (mHC Section 4.3).
-* :func:`floor_ops`, :func:`floor_elements`, :func:`floor_bytes`: the *floor* of the work the
-  benchmark times, every op reading its inputs once and writing its outputs once (below).
+* :func:`floor_ops`, :func:`floor_elements`, :func:`floor_bytes`: two *floors* of the work the
+  benchmark times, each under its own assumption (:data:`FUSIONS`, below): ``"per-op"``, every
+  op of a connection reading its inputs once and writing its outputs once, and
+  ``"cross-layer"``, one layer's write-in fused with the next layer's read-out;
+  :func:`recompute_elements`: what recomputing the connections in the backward pass adds;
+  :func:`kernel_elements`: what ``hclib.kernels`` moves, by their design, against both floors.
 * :func:`count_traffic`: what eager PyTorch moves, op by op, measured on any function.
 * :func:`hc_activation_elements` (HC Appendix B) and :func:`recompute_cost`,
   :func:`best_recompute_block`, :func:`recompute_block_estimate` (mHC Eq. 20): memory kept for
@@ -49,6 +53,21 @@ gradient to it for ``h`` (reads 2 d, writes d): 6 d in all. The per-token mappin
 ``n^2 + 2n`` numbers) and the parameters (a fixed size, read once for all tokens) are left out:
 at ``d = 4096`` they are under 0.1 % of the floor.
 
+**The cross-layer floor.** The per-op floor assumes that ``pre`` and ``post_res`` are
+separate kernels. Nothing forces the cut there: ``post_res`` of layer ``l`` and ``pre`` of
+layer ``l+1`` have no branch between them, so one kernel can read ``H_l`` and ``y_l``, form
+``H_{l+1}`` on chip and write both ``H_{l+1}`` and the next branch input ``h0_{l+1}`` (the
+next layer's mappings are computed from ``H_{l+1}`` in the same kernel). The only assumption
+left is that no state-sized tensor stays on chip *across a branch*. Its backward reads
+``dH_{l+1}``, ``dh0_{l+1}``, ``H_l`` and ``y_l`` (``H_{l+1}`` is recomputed on chip) and
+writes ``dH_l`` and ``dy_l``. Per connection: forward ``(2k+2) d``, backward ``(3k+3) d``,
+``(5k+5) d`` in all (25 d at n = 4, 4.2 residual adds, against 41 d and 6.8 for the per-op
+floor). The residual add is a single op already; its floor is the same under both.
+
+**Element sizes.** :func:`floor_bytes` takes the element size of the state (``H``, ``H'`` and
+their gradients) apart from that of the branch's tensors (``h0``, ``y`` and theirs): a float32
+state under bfloat16 autocast costs 4 bytes per state element where the branch's cost 2.
+
 Derived in: notebooks/07_memory_traffic_and_fused_kernels.
 """
 
@@ -67,6 +86,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = [
     "CONNECTIONS",
     "DEVICE_PEAKS",
+    "FUSIONS",
     "MODES",
     "DevicePeak",
     "OpTraffic",
@@ -79,16 +99,21 @@ __all__ = [
     "floor_elements",
     "floor_ops",
     "hc_activation_elements",
+    "kernel_elements",
     "mhc_table2",
     "post_res_traffic",
     "recompute_block_estimate",
     "recompute_cost",
+    "recompute_elements",
 ]
 
 #: the connections whose traffic is counted (the residual add is the baseline)
 CONNECTIONS = ("residual", "hc", "fc", "mhc")
 #: what is timed: the forward pass, the backward pass, or both
 MODES = ("forward", "backward", "forward+backward")
+#: the floors' assumptions: one kernel per op ("per-op") or a layer's write-in fused with the
+#: next layer's read-out ("cross-layer"); see the module docstring
+FUSIONS = ("per-op", "cross-layer")
 
 
 @dataclass(frozen=True)
@@ -181,10 +206,44 @@ def _state_width(kind: str, rate: int) -> int:
     return rate if kind in ("hc", "mhc") else 1
 
 
+#: Per op: (state read, branch-sized read, state written, branch-sized written), in units of
+#: the state's width ``k d`` and of ``d``; "fwd"/"bwd" mark the direction.
+_FLOOR_TERMS: dict[tuple[str, str], dict[str, tuple[str, tuple[int, int, int, int]]]] = {
+    ("residual", "per-op"): {
+        "add": ("fwd", (1, 1, 1, 0)),  # read h, y; write h'
+        "add backward": ("bwd", (1, 1, 1, 0)),  # read dh', dh0; write dh (dy is dh' itself)
+    },
+    ("connection", "per-op"): {
+        "pre": ("fwd", (1, 0, 0, 1)),  # read H; write h0
+        "post_res": ("fwd", (1, 1, 1, 0)),  # read H, y; write H'
+        "post_res backward": ("bwd", (2, 1, 1, 1)),  # read dH', H, y; write dH, dy
+        "pre backward": ("bwd", (2, 1, 1, 0)),  # read dh0, H, dH; write dH (in place)
+    },
+    ("connection", "cross-layer"): {
+        "post_res + next pre": ("fwd", (1, 1, 1, 1)),  # read H, y; write H', next h0
+        "post_res + next pre backward": ("bwd", (2, 2, 1, 1)),  # read dH', dh0', H, y; write dH, dy
+    },
+}
+_FLOOR_TERMS["residual", "cross-layer"] = _FLOOR_TERMS["residual", "per-op"]
+
+
+def _floor_terms(
+    kind: str, rate: int, mode: str, fusion: str
+) -> tuple[int, dict[str, tuple[int, int, int, int]]]:
+    k = _state_width(kind, rate)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    table = _FLOOR_TERMS["residual" if kind == "residual" else "connection", fusion]
+    wanted = {"forward": ("fwd",), "backward": ("bwd",), "forward+backward": ("fwd", "bwd")}[mode]
+    return k, {op: terms for op, (way, terms) in table.items() if way in wanted}
+
+
 def floor_ops(
-    kind: str, d: int, rate: int = 1, mode: str = "forward+backward"
+    kind: str, d: int, rate: int = 1, mode: str = "forward+backward", fusion: str = "per-op"
 ) -> dict[str, Traffic]:
-    """The floor of the connection's work, op by op, in elements per token (module docstring).
+    """A floor of the connection's work, op by op, in elements per token (module docstring).
 
     Args:
         kind: ``"residual"``, ``"hc"``, ``"fc"`` or ``"mhc"``.
@@ -192,50 +251,94 @@ def floor_ops(
         rate: ``n`` for HC and mHC, ``m`` for FC (the floor does not depend on ``m``: the
             state is ``d`` wide for any ``m``); ignored for the residual.
         mode: ``"forward"``, ``"backward"`` or ``"forward+backward"``.
+        fusion: ``"per-op"`` (``pre`` and ``post_res`` separate kernels) or ``"cross-layer"``
+            (``post_res`` of one layer fused with ``pre`` of the next), :data:`FUSIONS`.
 
     Returns:
         ``{op name: Traffic}`` in execution order.
     """
     d = _check_positive(d, "d")
-    k = _state_width(kind, rate)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if kind == "residual":
-        forward = {"add": Traffic(2 * d, d)}  # read h, y; write h'
-        backward = {"add backward": Traffic(2 * d, d)}  # dh = dh' + dh0; dy is dh' itself
-    else:
-        forward = {
-            "pre": Traffic(k * d, d),  # read H; write h0
-            "post_res": Traffic((k + 1) * d, k * d),  # read H, y; write H'
-        }
-        backward = {
-            "post_res backward": Traffic((2 * k + 1) * d, (k + 1) * d),  # dH', H, y -> dH, dy
-            "pre backward": Traffic((2 * k + 1) * d, k * d),  # dh0, H, dH -> dH (in place)
-        }
-    if mode == "forward":
-        return forward
-    if mode == "backward":
-        return backward
-    return {**forward, **backward}
+    k, terms = _floor_terms(kind, rate, mode, fusion)
+    return {
+        op: Traffic((rs * k + ro) * d, (ws * k + wo) * d) for op, (rs, ro, ws, wo) in terms.items()
+    }
 
 
-def floor_elements(kind: str, d: int, rate: int = 1, mode: str = "forward+backward") -> Traffic:
-    """The floor of the connection's work in elements per token: the sum of :func:`floor_ops`.
+def floor_elements(
+    kind: str, d: int, rate: int = 1, mode: str = "forward+backward", fusion: str = "per-op"
+) -> Traffic:
+    """A floor of the connection's work in elements per token: the sum of :func:`floor_ops`.
 
-    Forward ``(3k+2) d``, backward ``(6k+3) d`` with ``k = n`` (HC, mHC) or ``k = 1`` (FC);
-    the residual ``3 d`` each way.
+    Per-op: forward ``(3k+2) d``, backward ``(6k+3) d``; cross-layer: forward ``(2k+2) d``,
+    backward ``(3k+3) d``; ``k = n`` (HC, mHC) or ``k = 1`` (FC); the residual ``3 d`` each way
+    under both.
     """
     total = Traffic(0, 0)
-    for traffic in floor_ops(kind, d, rate, mode).values():
+    for traffic in floor_ops(kind, d, rate, mode, fusion).values():
         total = total + traffic
     return total
 
 
 def floor_bytes(
-    kind: str, d: int, rate: int = 1, mode: str = "forward+backward", element_size: int = 2
+    kind: str,
+    d: int,
+    rate: int = 1,
+    mode: str = "forward+backward",
+    element_size: int = 2,
+    fusion: str = "per-op",
+    state_element_size: int | None = None,
 ) -> int:
-    """Bytes per token of the floor: :func:`floor_elements` times ``element_size`` (2: bf16)."""
-    return floor_elements(kind, d, rate, mode).total * _check_positive(element_size, "element_size")
+    """Bytes per token of a floor: :func:`floor_elements` with the state's elements (``H``,
+    ``H'`` and their gradients) at ``state_element_size`` bytes (default: ``element_size``)
+    and the branch-sized ones (``h0``, ``y`` and theirs) at ``element_size`` (2: bfloat16)."""
+    d = _check_positive(d, "d")
+    element_size = _check_positive(element_size, "element_size")
+    state_size = element_size if state_element_size is None else state_element_size
+    state_size = _check_positive(state_size, "state_element_size")
+    k, terms = _floor_terms(kind, rate, mode, fusion)
+    state = sum(rs + ws for rs, _, ws, _ in terms.values()) * k * d
+    other = sum(ro + wo for _, ro, _, wo in terms.values()) * d
+    return state * state_size + other * element_size
+
+
+def recompute_elements(kind: str, d: int, rate: int = 1, fusion: str = "per-op") -> Traffic:
+    """What recomputing a connection in the backward pass adds per token and layer, in elements.
+
+    Recomputation discards the connection's outputs after the forward pass and runs its
+    forward again before its backward: it moves the forward floor once more, ``(3k+2) d``
+    per-op or ``(2k+2) d`` cross-layer, on top of :func:`floor_elements`' forward and backward.
+    (Reading the kept state alone, ``k d``, would leave out the rewritten ``h0`` and ``H'``.)
+    """
+    return floor_elements(kind, d, rate, "forward", fusion)
+
+
+def kernel_elements(kind: str, d: int, rate: int = 1) -> tuple[Traffic, Traffic]:
+    """What ``hclib.kernels`` moves per token, forward and backward, by their design: the
+    ``(fewest, most)`` elements, as :class:`Traffic` of forward+backward.
+
+    The counts are those of the kernels' docstrings (``s = 1``): HC's read-out
+    (:mod:`hclib.kernels.hyper_pre`) and post+res (:mod:`hclib.kernels.post_res`) move exactly
+    the per-op floor when their second pass over a token's state is served from the L2 cache,
+    and ``n d`` more forward and ``(n + 1) d`` more backward when it is not; mHC's read-out
+    (:mod:`hclib.kernels.manifold_pre`) moves ``(n + 1) d`` more backward in any case (its two
+    backward kernels both read ``H`` and ``dh0``), and ``n d`` more forward without L2 reuse:
+    46 d to 50 d at n = 4 against the floor's 41 d; FC's (:mod:`hclib.kernels.frac`) moves ``d``
+    more forward and ``2 d`` more backward without L2 reuse. All are per-op kernels: none
+    reaches the cross-layer floor. The residual add is PyTorch's own.
+    """
+    d = _check_positive(d, "d")
+    k = _state_width(kind, rate)
+    floor = floor_elements(kind, d, rate)
+    if kind == "residual":
+        return floor, floor
+    if kind == "hc":
+        low_extra, high_extra = Traffic(0, 0), Traffic((2 * k + 1) * d, 0)
+    elif kind == "mhc":
+        low_extra = Traffic((k + 1) * d, 0)
+        high_extra = low_extra + Traffic(k * d, 0)
+    else:  # fc
+        low_extra, high_extra = Traffic(0, 0), Traffic(3 * d, 0)
+    return floor + low_extra, floor + high_extra
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,9 +29,11 @@
 # straightforward implementation costs far more time than that and wrote a set of fused kernels,
 # with recomputation, to bring mHC's overhead down to 6.7% at $n = 4$. The gap is memory traffic.
 # This chapter counts the bytes each connection moves (the mHC paper's Table 2, recomputed from
-# the shapes), measures what eager PyTorch moves, derives the least any implementation must move,
-# builds a fused kernel for the write-in and mixing step and checks it against `hclib`, looks at
-# the memory kept for the backward pass, and ends with the GPU benchmark of the library's kernels.
+# the shapes), measures what eager PyTorch moves, derives two floors (the least an
+# implementation must move with one kernel per op, and with a layer's write-in fused with the
+# next layer's read-out), builds a fused kernel for the write-in and mixing step and checks it
+# against `hclib`, looks at the memory kept for the backward pass and the dtype of the state, and
+# ends with where the library's kernels stand.
 
 # %%
 import subprocess
@@ -107,6 +109,12 @@ print(f"{H100.name}: {H100.bandwidth_tbs} TB/s, {H100.bf16_tflops:.0f} bf16 TFLO
 # its forward pass, which the section after next derives: every op reads its inputs once and
 # writes its outputs once, in bfloat16. The comparison is a two-layer MLP branch of width $4d$
 # on $T$ tokens, which reads its weights once for all tokens.
+#
+# One catch: `FlopCounterMode` knows matrix-matrix products (`mm`, `bmm`, `addmm`) but not the
+# matrix-vector product `mv`, which dynamic HC and FC use for their $W_\beta$ projection (one
+# number per token). Left alone it would count those FLOPs as zero. We give it the formula, $2
+# \times$ rows $\times$ columns, through its `custom_mapping`, and check it on a product whose
+# count we know.
 
 # %% tags=["nbval-check-output"]
 n, d, T = 4, 4096, 4096  # streams (and fractions), width, tokens per call
@@ -130,13 +138,30 @@ def state(kind: str, tokens: int, dim: int, rate: int, dtype=torch.float32) -> t
     return torch.randn(*shape.get(kind, (tokens, rate, dim)), dtype=dtype)
 
 
-def flops_per_token(kind: str, dim: int, rate: int, tokens: int = 8) -> float:
+def mv_flops(matrix_shape, vector_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.mv, a (rows, cols) matrix times a (cols,) vector: a multiply-add each."""
+    rows, cols = matrix_shape
+    return 2 * rows * cols
+
+
+WITH_MV = {torch.ops.aten.mv: mv_flops}  # FlopCounterMode's table lacks matrix-vector products
+
+
+def flops_per_token(kind: str, dim: int, rate: int, tokens: int = 8, mapping=WITH_MV) -> float:
     """Matrix-product FLOPs of one forward pass per token (residual add: one per feature)."""
     if kind == "residual":
         return float(dim)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         connection(kind, dim, rate)(state(kind, tokens, dim, rate))
     return counter.get_total_flops() / tokens
+
+
+with FlopCounterMode(display=False, custom_mapping=WITH_MV) as counter:
+    torch.randn(3, 5) @ torch.randn(5)  # dispatches to aten.mv
+print("FlopCounterMode counts a 3x5 matrix-vector product as", counter.get_total_flops(), "FLOPs")
+for kind in ("fc", "hc", "mhc"):
+    missed = flops_per_token(kind, d, n) - flops_per_token(kind, d, n, mapping={})
+    print(f"{kind:4s} matrix-vector FLOPs the default table misses: {missed / d:.2f} d per token")
 
 
 KINDS = ("residual", "fc", "hc", "mhc")
@@ -326,9 +351,10 @@ plt.show()
 
 # %% [markdown]
 # **Figure 7.2.** Bytes moved per token and per feature by `hclib`'s eager reference (plain bars)
-# and the floor derived in the next section (hatched), forward (dark) and backward (light), on a
-# log axis; colours are the connections'. The residual add already moves exactly its floor; every
-# other connection's eager version moves about ten times more, in both directions.
+# and the per-op floor derived in the next section (hatched), forward (dark) and backward
+# (light), on a log axis; colours are the connections'. The residual add already moves exactly
+# its floor; every other connection's eager version moves about ten times more, in both
+# directions.
 
 # %% tags=["nbval-check-output"]
 for kind in KINDS:
@@ -340,7 +366,7 @@ for kind in KINDS:
     )
 
 # %% [markdown]
-# Eager HC moves 9.7 times its floor, FC 8.7 times and mHC 11.7 times. mHC's twenty
+# Eager HC moves 9.7 times its per-op floor, FC 8.7 times and mHC 11.7 times. mHC's twenty
 # Sinkhorn-Knopp iterations act on $n^2$ numbers per token and barely count at this width; what
 # costs more is its RMSNorm of the flattened state, written as separate operations (square, mean,
 # product), each a pass over the state in float32, forward and again backward. If a kernel
@@ -350,14 +376,18 @@ for kind in KINDS:
 # the large ones, at tens of thousands of tokens, cannot.)
 
 # %% [markdown]
-# ## The floor: every op moves every tensor once
+# ## Two floors: per op, and across layers
 #
 # How few bytes can a connection move? In a network the branch sits between the connection's two
 # halves: its input $h_0 = \mathrm{pre}(H)$ must be written before it runs, and the next state
-# $H' = H^{\mathrm{res}} H + H^{\mathrm{post}\top} y$ needs its output $y$. So a connection is two
-# ops, and nothing of the size of the state survives on the chip from one to the other. Each op
-# must read its inputs once and write its outputs once, and with the mappings fused into the
-# read-out (the state is read once to compute both the coefficients and $h_0$), that is also
+# $H' = H^{\mathrm{res}} H + H^{\mathrm{post}\top} y$ needs its output $y$. The answer depends on
+# what we assume about how the work is cut into kernels, so we derive two floors, each with its
+# assumption.
+#
+# **The per-op floor** assumes one kernel per op: a connection is two ops, `pre` and
+# `post_res`, and nothing of the size of the state survives on the chip from one to the other.
+# Each op must read its inputs once and write its outputs once, and with the mappings fused into
+# the read-out (the state is read once to compute both the coefficients and $h_0$), that is also
 # enough. Per token, with the state $k d$ elements wide ($k = n$ for HC and mHC, $k = 1$ for FC,
 # whose fractions are a view of $d$ features), and $\delta X$ the gradient of the loss with
 # respect to $X$:
@@ -380,33 +410,56 @@ for kind in KINDS:
 # $3d$ each way. The per-token coefficients (at most $n^2 + 2n$ numbers) and the parameters (read
 # once for all tokens) are left out; at $d = 4096$ they are below 0.1% of the total.
 # `hclib.traffic.floor_ops` writes this table down.
+#
+# **The cross-layer floor** drops the cut between `post_res` of layer $l$ and `pre` of layer
+# $l+1$: no branch sits between them, so one kernel can read $H_l$ and $y_l$, form $H_{l+1}$ on
+# the chip, compute the next layer's mappings from it and write both $H_{l+1}$ and the next
+# branch input $h_0^{(l+1)}$. The state is then read once per layer instead of twice. The only
+# assumption left is that no state-sized tensor stays on the chip *across a branch*, which holds
+# for any branch large enough to need the chip to itself. Its backward reads
+# $\delta H_{l+1}$, $\delta h_0^{(l+1)}$, $H_l$ and $y_l$ ($H_{l+1}$ is recomputed on the chip
+# from the last two) and writes $\delta H_l$ and $\delta y_l$:
+#
+# | fused op | reads | writes |
+# |---|---|---|
+# | post_res + next pre | $H$, $y$: $(k+1) d$ | $H'$, $h_0'$: $(k+1) d$ |
+# | backward | $\delta H'$, $\delta h_0'$, $H$, $y$: $(2k+2)d$ | $\delta H$, $\delta y$: $(k+1)d$ |
+#
+# Forward $(2k+2)d$, backward $(3k+3)d$, $(5k+5)d$ in all: $25d$ for $n = 4$ against the per-op
+# floor's $41d$. `floor_ops(..., fusion="cross-layer")` holds it. The two side by side, with
+# what each means at 32k tokens of width 4096 on an H100:
 
 # %% tags=["nbval-check-output"]
 for name, t in traffic.floor_ops("hc", 1, 4).items():
-    print(f"HC n=4 {name:18s} reads {t.read:2d} d, writes {t.write:2d} d")
+    print(f"HC n=4 per-op      {name:28s} reads {t.read:2d} d, writes {t.write:2d} d")
+for name, t in traffic.floor_ops("hc", 1, 4, fusion="cross-layer").items():
+    print(f"HC n=4 cross-layer {name:28s} reads {t.read:2d} d, writes {t.write:2d} d")
 tokens, width = 32 * 1024, 4096
+residual_floor = traffic.floor_elements("residual", 1).total
+print(f"\n{'':12s} {'per-op floor':>26s}   {'cross-layer floor':>26s}")
 for kind in KINDS:
-    elements = traffic.floor_elements(kind, 1, 4)
-    nbytes = traffic.floor_bytes(kind, width, 4) * tokens
-    ms = nbytes / (H100.bandwidth_tbs * 1e12) * 1e3
-    print(
-        f"{LABELS[kind]:12s} forward+backward {elements.total:2d} d elements per token; "
-        f"T=32k, d=4096 on an H100: {nbytes / 1e9:5.2f} GB, at least {ms:.2f} ms, "
-        f"{elements.total / traffic.floor_elements('residual', 1).total:.1f} x the residual add"
-    )
+    cells = []
+    for fusion in traffic.FUSIONS:
+        elements = traffic.floor_elements(kind, 1, 4, fusion=fusion).total
+        nbytes = traffic.floor_bytes(kind, width, 4, fusion=fusion) * tokens
+        ms = nbytes / (H100.bandwidth_tbs * 1e12) * 1e3
+        cells.append(f"{elements:3d} d {ms:5.2f} ms {elements / residual_floor:4.1f} x res")
+    print(f"{LABELS[kind]:12s} {cells[0]:>26s}   {cells[1]:>26s}")
 
 # %% [markdown]
-# At the same fraction of the bandwidth, even a perfect HC or mHC kernel takes 6.8 times as long
-# as the residual add ($41d$ against $6d$), and FC 2.3 times: the state that is $n$ times wider,
-# and is read on both sides of the branch, has a price that no kernel removes. At 32k tokens of
-# width 4096 on an H100, HC's forward and backward cannot take less than 3.3 ms, the residual add
-# 0.48 ms. These are the yardsticks
-# of the benchmark at the end of the chapter: it reports the bandwidth a kernel reaches on this
-# floor byte count, as a fraction of the device's peak, and asks our HC and mHC kernels for 70%,
-# and our FC kernel for at most three times the residual add's time.
+# Per op, a perfect HC or mHC implementation takes at least 6.8 times as long as the residual add
+# ($41d$ against $6d$) at the same fraction of the bandwidth, FC 2.3 times; fused across layers,
+# 4.2 and 1.7 times. Neither is a law of nature: each holds under its assumption, and the second
+# shows that most of the per-op floor's excess over the residual add is the state being read on
+# both sides of a cut that the network does not need. What remains, $(5k+5)d$, is the state
+# that is $k$ times wider being read and written once per layer each way. The benchmark at the
+# end of the chapter reports the bandwidth a kernel reaches on the *per-op* byte count, as a
+# fraction of the device's peak, since `hclib`'s kernels are per-op kernels; its targets are 70%
+# of the peak for HC and mHC, and at most three times the residual add's time for FC.
 #
-# The one-op-per-side floor is not the absolute minimum for the backward pass: an exercise below
-# finds a schedule that moves less by giving up the strict one-op-one-backward structure.
+# Even the per-op floor is not the least for the backward pass under its own assumption: an
+# exercise below finds a schedule that moves less by giving up the strict one-op-one-backward
+# structure.
 
 # %% [markdown]
 # ## A fused post+res kernel in Triton
@@ -590,11 +643,11 @@ for rate in (2, 4):
 # %% [markdown]
 # Sixteen gigabytes for $n = 4$ is a large share of an 80 GB GPU, which is why the mHC paper
 # recomputes (mHC Section 4.3, Table 3): it discards the connections' intermediate tensors after
-# the forward pass and recomputes them in the backward pass, which costs another read of the
-# state but no branch evaluation. It keeps the state $x_{l_0}$ ($nC$ per token) at the start of
-# every block of $L_r$ layers and the branch outputs of every layer, and while one block is
-# being recomputed it holds $(n+2)C$ per layer of that block. The elements per token to minimise
-# over the block size are therefore (mHC Eq. 20)
+# the forward pass and recomputes them in the backward pass, which costs no branch evaluation
+# but the connection's whole forward pass again (below). It keeps the state $x_{l_0}$ ($nC$ per
+# token) at the start of every block of $L_r$ layers and the branch outputs of every layer,
+# and while one block is being recomputed it holds $(n+2)C$ per layer of that block. The
+# elements per token to minimise over the block size are therefore (mHC Eq. 20)
 #
 # $$
 # n \left\lceil \frac{L}{L_r} \right\rceil + (n+2) L_r \quad (\text{in units of } C),
@@ -603,6 +656,27 @@ for rate in (2, 4):
 #
 # the closed form coming from replacing $\lceil L/L_r \rceil$ by $L/L_r$ and setting the
 # derivative to zero.
+
+# %% [markdown]
+# Recomputing is not free in bytes. Rebuilding a layer's intermediates means running its
+# connection's forward again: reading the state and the branch output and writing the
+# recomputed state and branch input, the forward floor once more, not just one more read of the
+# kept state. `hclib.traffic.recompute_elements` counts it per layer under each floor:
+
+# %% tags=["nbval-check-output"]
+for kind in ("hc", "fc"):
+    for fusion in traffic.FUSIONS:
+        extra = traffic.recompute_elements(kind, 1, 4, fusion).total
+        base = traffic.floor_elements(kind, 1, 4, fusion=fusion).total
+        print(
+            f"{LABELS[kind]:7s} {fusion:11s}: recomputation adds {extra:2d} d per token and layer "
+            f"to {base:2d} d, +{extra / base:.0%}"
+        )
+
+# %% [markdown]
+# A third more traffic for HC and mHC per op, two fifths more across layers: recomputation trades
+# memory for time in a connection, too, although it re-runs no branch. (The mHC paper's 6.7%
+# overhead includes it.)
 
 # %%
 n_r, L = 4, 60  # the 27B model: 30 layers of two connections each
@@ -654,7 +728,99 @@ print(f"largest gap, best block vs closed form, n in 1, 2, 4, 8 and L <= 128: {w
 # aligned with the pipeline stages instead, since a block must not cross from one GPU to the next.
 
 # %% [markdown]
-# ## On a GPU: the benchmark
+# ## The state's dtype
+#
+# The counts so far assume every tensor in bfloat16, 2 bytes. Under mixed precision
+# (`bf16-mixed`, autocast) the branch computes in bfloat16, but the state is an ordinary tensor
+# that autocast does not touch: if a model keeps it in float32, as a model built without an
+# explicit dtype does, every read and write of $H$, $H'$ and their gradients costs 4 bytes while
+# $y$ and $h_0$ cost 2. The eager reference above converts the state to float32 for its math in
+# any case; what matters for the floor is the dtype the state is *stored* in between layers.
+# `floor_bytes(..., state_element_size=4)` counts it:
+
+# %% tags=["nbval-check-output"]
+print(f"{'':12s} {'bf16 state':>11s} {'fp32 state':>11s}  (bytes per token and unit of d)")
+for kind in KINDS:
+    for fusion in traffic.FUSIONS:
+        b16 = traffic.floor_bytes(kind, 1, 4, fusion=fusion)
+        b32 = traffic.floor_bytes(kind, 1, 4, fusion=fusion, state_element_size=4)
+        print(f"{LABELS[kind]:12s} {b16:11d} {b32:11d}  {b32 / b16:.2f} x  {fusion}")
+
+# %% [markdown]
+# A float32 state nearly doubles HC's and mHC's traffic (1.88 times per op: nine of its fourteen
+# passes are state-sized and $n$ times wider), where the residual add's grows by two thirds. The
+# cost buys precision: the state accumulates every layer's contribution, and rounding it to
+# bfloat16 at every layer rounds that sum 2L times. Keeping the state in the autocast dtype, with
+# float32 as an option for the runs that need it, is the choice that matches the floors above.
+#
+# ## Where `hclib`'s kernels stand
+#
+# `hclib.kernels` holds per-op kernels: a fused read-out (mappings and $h_0$ in one kernel, for
+# HC, FC and mHC), the fused post+res of this chapter, and their backward kernels. Their byte
+# counts, from their design (each kernel file's docstring, collected in
+# `hclib.traffic.kernel_elements`), against both floors:
+
+# %% tags=["nbval-check-output"]
+print(f"{'':12s} {'per-op floor':>12s} {'cross-layer':>12s} {'hclib kernels':>14s}   (d per token)")
+for kind in KINDS:
+    low, high = traffic.kernel_elements(kind, 1, 4)
+    per_op = traffic.floor_elements(kind, 1, 4).total
+    cross = traffic.floor_elements(kind, 1, 4, fusion="cross-layer").total
+    moved = f"{low.total}" if low == high else f"{low.total} to {high.total}"
+    print(f"{LABELS[kind]:12s} {per_op:12d} {cross:12d} {moved:>14s}")
+
+# %% [markdown]
+# HC's kernels move exactly the per-op floor when the second pass over a token's state, which the
+# read-out needs once its coefficients are known, is served from the GPU's L2 cache, and $9d$
+# more when it is not; mHC's read-out moves $5d$ more in any case (its backward needs the
+# gradient of the read-out weights before it can write any $\delta H$) and FC's $3d$ more without
+# L2 reuse. None of them reaches the cross-layer floor: that needs a kernel that spans two
+# layers' connections, which the library does not have.
+#
+# Whether a kernel compiles into something a GPU can run well is a second question: a Triton
+# kernel whose tiles need more registers than a thread has spills them to memory, and one that
+# asks for more shared memory than the chip has does not launch. `benchmarks/kernel_resources.py`
+# compiles every kernel for each target architecture, shape and dtype and records the registers,
+# spills and shared memory of each configuration; its table is read here when it has been
+# computed.
+
+
+# %%
+def kernel_resources() -> list[dict] | None:
+    """The rows of the committed kernel compile table, or None if it has not been computed."""
+    for folder in (Path.cwd(), *Path.cwd().parents):  # the checkout this notebook runs in
+        path = folder / "results" / "2026-12-04-cpu" / "kernel_resources.csv"
+        if path.exists():
+            with path.open() as f:
+                return list(csv.DictReader(f))
+    return None
+
+
+# %% tags=["nbval-check-output"]
+compiled = kernel_resources()
+if compiled is None:
+    print(
+        "The kernel compile table has not been computed yet "
+        "(results/2026-12-04-cpu/kernel_resources.csv; run benchmarks/kernel_resources.py)."
+    )
+else:
+    archs = sorted({r["arch"] for r in compiled})
+    print(f"{len(compiled)} compiled configurations for {', '.join(archs)}")
+    print(f"{'arch':8s} {'kernel':28s} {'configs':>7s} {'fit':>4s} {'spill':>5s} {'max regs':>8s}")
+    for arch in archs:
+        for kernel in sorted({r["kernel"] for r in compiled if r["arch"] == arch}):
+            rows = [r for r in compiled if r["arch"] == arch and r["kernel"] == kernel]
+            fit = sum(r["fits"].strip().lower() in ("1", "true") for r in rows)
+            spill = sum(int(float(r["spill_bytes"] or 0)) > 0 for r in rows)
+            regs = max(int(float(r["registers"] or 0)) for r in rows)
+            print(f"{arch:8s} {kernel:28s} {len(rows):7d} {fit:4d} {spill:5d} {regs:8d}")
+
+# %% [markdown]
+# Per architecture and kernel, the table counts the compiled configurations (tile sizes for each
+# $n$, $d$ and dtype), how many fit the chip's limits, how many spill registers to memory, and the
+# most registers a thread needs.
+#
+# ### On a GPU: the benchmark
 #
 # `benchmarks/connections.py` times the library's connections on a GPU. It defines *the
 # connection's work* identically for every implementation: from the state $H$ and a fixed branch
@@ -742,8 +908,9 @@ else:
 # implementation at 32k tokens of width 4096 with $n = m = 4$, and the run's figure: for each
 # connection, the bandwidth reached as a share of the peak (top) and the time as a multiple of the
 # residual add (bottom), against the number of tokens. Read them with this chapter's numbers in
-# mind: no implementation can beat the floor, so HC and mHC cannot come closer than about 6.8 times
-# the residual add, FC 2.3 times; the eager reference moves ten times the floor or more.
+# mind: a per-op implementation cannot beat the per-op floor (6.8 residual adds for HC and mHC,
+# 2.3 for FC); one fused across layers could reach 4.2 and 1.7; the eager reference moves ten
+# times the per-op floor or more.
 
 # %% [markdown]
 # ## Summary
@@ -755,10 +922,17 @@ else:
 #   the merge into one kernel cuts that step's reads from $(3n+1)C$ to $(n+1)C$ and its writes
 #   from $3nC$ to $nC$.
 # - `hclib`'s eager reference, counted op by op with a dispatch mode, moves about ten times the
-#   floor for HC and FC and fourteen times for mHC (Figure 7.2).
-# - The floor: the branch splits a connection into two ops, and each must move each of its
-#   tensors once: $(3k+2)d$ forward and $(6k+3)d$ backward per token for a state $k d$ wide, $6d$
-#   for the residual add. HC and mHC with $n = 4$ cost at least 6.8 residual adds, FC 2.3.
+#   per-op floor for HC and FC and about twelve times for mHC (Figure 7.2).
+# - Two floors, each with its assumption. Per op (one kernel for `pre`, one for `post_res`):
+#   $(3k+2)d$ forward and $(6k+3)d$ backward per token for a state $k d$ wide, 6.8 residual adds
+#   for HC and mHC with $n = 4$, 2.3 for FC. Across layers (a layer's `post_res` fused with the
+#   next layer's `pre`; nothing state-sized kept on chip across a branch): $(2k+2)d$ and
+#   $(3k+3)d$, 4.2 and 1.7 residual adds. `hclib`'s kernels are per-op kernels: HC's reach the
+#   per-op floor when L2 serves their second pass, mHC's move $5d$ more.
+# - FLOPs: `FlopCounterMode` misses matrix-vector products (`aten.mv`); with its formula added,
+#   every connection still does fewer than ten FLOPs per byte.
+# - A float32 state under bfloat16 autocast nearly doubles HC's and mHC's floors; recomputing
+#   the connections in the backward pass adds their forward floor once more per layer.
 # - A Triton kernel for $H' = H^{\mathrm{res}} H + H^{\mathrm{post}\top} y$ in thirty lines moves
 #   exactly the fused count and matches `hclib`'s modules; it runs on the CPU in Triton's
 #   interpreter.
@@ -823,9 +997,9 @@ else:
 # :class: dropdown
 # `traffic.device_peak("NVIDIA A100-SXM4-80GB").ridge` is $312 / 2.039 \approx 153$ FLOP per
 # byte. The MLP's intensity is $16 T d^2 / (16 d^2 + 20 T d)$ (weights once, activations per
-# token); setting it to 153 at $d = 4096$ gives $T \approx 155$ tokens, so any realistic batch is
-# compute bound. The connections' intensities do not depend on the number of tokens and stay below
-# 10: memory bound on every GPU in the table.
+# token); setting it to 153 at $d = 4096$ gives $T = 16 \cdot 153\, d / (16 d - 20 \cdot 153)
+# \approx 161$ tokens, so any realistic batch is compute bound. The connections' intensities do
+# not depend on the number of tokens and stay below 10: memory bound on every GPU in the table.
 # ```
 #
 # ```{exercise} The backward kernel of post+res

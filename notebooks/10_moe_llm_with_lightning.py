@@ -71,13 +71,22 @@ import numpy as np
 import torch
 import yaml
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
+
 import hclib
 from hclib.book import book_size, scaled
 from hclib.data import CORPORA, ensure_corpus
 from hclib.models import GPT, GPTConfig
 from hclib.models.moe import MoE
 from hclib.plotting import PALETTE, color, use_book_style
-from hclib.toy import VERDICTS, compare_seeds, markdown_table
+from hclib.stats import (
+    VERDICTS,
+    VerdictRecord,
+    compare_seeds,
+    markdown_table,
+    multiplicity,
+    write_verdicts,
+)
 from hclib.traffic import hc_activation_elements
 from hclib.training.cli import main as train_cli
 from hclib.training.flops import active_params, flops_per_token
@@ -89,9 +98,10 @@ torch.set_num_threads(1)
 REPO = Path("..").resolve()  # the chapter runs in notebooks/
 
 # %% [markdown]
-# At the default size the chapter trains eight small models on one CPU core, a minute or two
-# in all. `HCLIB_BOOK_SIZE=full` trains the GPU recipe `configs/moe-small.yaml` instead, with
-# three seeds per connection; the section on the full size says how its results are kept.
+# At the default size the chapter trains eight small models on one CPU core, a few minutes in
+# all (the training cell prints its time). `HCLIB_BOOK_SIZE=full` trains the GPU recipe
+# `configs/moe-small.yaml` instead, with three seeds per connection; the section on the full
+# size says how its results are kept.
 
 # %%
 SIZE = book_size()
@@ -269,6 +279,27 @@ print(f"load-balancing loss {aux:.4f}, z-loss {z:.4f}, busiest expert x E {f.max
 print("the module's statistics equal the ones computed here")
 
 # %% [markdown]
+# The layer's output is built the same way, in a few lines. *Dispatch*: sort the $N k$
+# (token, expert) assignments by expert, so that each expert multiplies one contiguous block of
+# the tokens sent to it. *Combine*: weight each expert's outputs by the token's renormalised
+# probability and add them back into the token's row (`index_add_`). The loop runs over the $E$
+# experts, not over the tokens:
+
+# %% tags=["nbval-check-output"]
+weights, chosen = probs.topk(2, dim=-1)  # (N, k)
+weights = weights / weights.sum(-1, keepdim=True)  # renormalised over the k chosen
+order = chosen.flatten().argsort(stable=True)  # dispatch: assignments grouped by expert
+token = order // 2  # the token of each sorted assignment
+counts = torch.bincount(chosen.flatten(), minlength=8).tolist()  # (E,)
+combined = torch.zeros_like(x)  # (N, d)
+for e, rows in enumerate(token.split(counts)):  # expert e's tokens, in one block
+    h = torch.nn.functional.silu(x[rows] @ layer.w_gate[e]) * (x[rows] @ layer.w_up[e])
+    w = weights.flatten()[order].split(counts)[e]  # their weights for expert e
+    combined.index_add_(0, rows, w[:, None] * (h @ layer.w_down[e]))  # combine
+torch.testing.assert_close(combined, y)
+print(f"tokens per expert {counts}; dispatch and combine from scratch equal MoE's output")
+
+# %% [markdown]
 # A freshly initialised router is nearly balanced: its logits are small, so every expert gets
 # about $1/E$ of the tokens and the load-balancing loss sits near 1. What training does to that
 # balance is what the logs will show.
@@ -287,7 +318,7 @@ RUN_DIR.mkdir(parents=True)
 OVERLAY = RUN_DIR / f"ch10-{SIZE}.yaml"
 OVERLAY_TEXT = {
     "small": f"""\
-# Chapter 10's CPU default: configs/moe-tiny.yaml made smaller, ten seconds or so per run.
+# Chapter 10's CPU default: configs/moe-tiny.yaml made smaller, tens of seconds per run.
 model:
   d_model: 64  # model width d (moe-tiny: 128)
   n_head: 4  # heads of width 16
@@ -735,7 +766,7 @@ for c in CONNECTIONS:
 #
 # Each claim of the papers about MoE models becomes a row: what the paper says, where, what we
 # compared, what we measured, and the verdict of Chapter 8's paired test
-# (`hclib.toy.compare_seeds`: the mean over seeds of the paired difference, with a Student-$t$
+# (`hclib.stats.compare_seeds`: the mean over seeds of the paired difference, with a Student-$t$
 # 95% interval; "reproduces" if the interval lies on the claim's side of zero, "does not
 # reproduce at this scale" if it lies on the other side, "inconclusive: within seed spread" if
 # it contains zero).
@@ -830,6 +861,37 @@ print(markdown_table(reproduction))
 verdicts = [row["verdict"] for row in reproduction]
 for verdict in VERDICTS:
     print(f"{verdict:<33}: {verdicts.count(verdict)} of {len(verdicts)}")
+family = multiplicity(len(reproduction))
+print(
+    f"{family.intervals} intervals at 95%: {family.expected_false:.2f} expected to exclude", end=""
+)
+print(" zero by chance if nothing differed")
+VERDICT_DIR = REPO / "results" / "verdicts"
+if SIZE == "small" and VERDICT_DIR.is_dir():  # the book's own copy, at the default size
+    records = [
+        VerdictRecord(
+            claim=row["claim"],
+            paper=row["paper and figure"],
+            setting=row["our setting"],
+            number=row["our number"],
+            seeds=len(SEEDS),
+            verdict=row["verdict"],
+            chapter="10_moe_llm_with_lightning",
+        )
+        for row in reproduction
+    ]
+    write_verdicts(records, "10_moe_llm_with_lightning", VERDICT_DIR)
+
+# %% [markdown]
+# The comparison is at equal width, depth, experts and tokens, not at equal parameters. The
+# connections' own weights are *active* for every token, and at this width they are not small
+# next to the rest of the model:
+
+# %% tags=["nbval-check-output"]
+base_active = active_params(run_model(folders["residual", SEEDS[0]]))
+for c in CONNECTIONS:
+    a = active_params(run_model(folders[c, SEEDS[0]]))
+    print(f"{LABELS[c]:<9} {a:>9,} active parameters, {a / base_active - 1:+.1%} against Pre-Norm")
 
 # %% [markdown]
 # **Verdicts at the default size.** None of the claims can be judged here. With two seeds the
@@ -838,6 +900,18 @@ for verdict in VERDICTS:
 # Pre-Norm under both seeds, by a few hundredths of a nat), but the papers' effects, 0.01 to
 # 0.03 nats after hundreds of billions of tokens, are no larger than what separates two seeds
 # of a 120-step run. The default size shows the pipeline working, not the papers' effects.
+#
+# Two more things limit what any verdict here could mean. Five intervals at 95% carry about a
+# quarter of a false exclusion between them, so one interval just excluding zero would be weak
+# evidence. And mHC's model has about a fifth more active parameters than Pre-Norm's (the last
+# cell): its projection reads all $n d$ numbers of the state in every one of the eight
+# connections, a cost that grows like $d$ where the attention and expert layers grow like
+# $d^2$. At this width an mHC gain could come from those extra weights as much as from the
+# constraint on the mixing matrices; the mHC paper's 27B model is wide enough for the same
+# weights to be a fraction of a per cent (Chapter 9 counts the share at several widths), so a
+# fair small-scale test would match active parameters, for instance by widening Pre-Norm's
+# experts until the counts agree ({ref}`ex-10-active`). HC and FC add about one per cent, too
+# little to matter.
 
 # %% [markdown]
 # ## The full size
@@ -1107,13 +1181,32 @@ for name, model, recipe, W in MODELS:
 #
 # FSDP pays for the memory with communication: per step each GPU receives every parameter
 # twice (gathered for the forward pass, again for the backward pass) and sends its share of
-# every gradient once, all in bfloat16 under `bf16-mixed`: about $3 \times 2P$ bytes, against
-# DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes (each times $(W-1)/W$, for a
-# ring). The counts are similar; what differs is that FSDP's gathers sit on the critical path of
-# every layer, while DDP overlaps its single all-reduce with the backward pass. Within a node
+# every gradient once. In which dtype depends on the Lightning version: the version this book
+# pins hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the reduced
+# gradients under `bf16-mixed` (the cell below reads it from the installed Lightning; versions
+# 2.2 to 2.5 gathered float32 parameters instead, twice the bytes). With bfloat16 that is about
+# $3 \times 2P$ bytes, against DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes
+# (each times $(W-1)/W$, for a ring). The counts are similar; what differs is when they happen.
+# FSDP's gathers sit on the critical path of every layer. DDP does not all-reduce once at the
+# end: it groups the gradients into buckets (25 MB by default, `bucket_cap_mb`, the first one
+# smaller) and starts each bucket's all-reduce as soon as the backward pass has filled it, so
+# most of the communication overlaps the rest of the backward pass. Within a node
 # (NVLink) either is cheap; across nodes `sharding_strategy: HYBRID_SHARD` shards within each
 # node and replicates across nodes, so only the gradient reduction crosses the slower network.
 #
+# %% tags=["nbval-check-output"]
+import pytorch_lightning
+import torch.nn.parallel.distributed as ddp_module
+from pytorch_lightning.plugins.precision.fsdp import FSDPPrecision
+
+fsdp_mp = FSDPPrecision("bf16-mixed").mixed_precision_config
+print(f"pytorch_lightning {pytorch_lightning.__version__}, FSDP under bf16-mixed:")
+print(
+    f"  parameters gathered as {fsdp_mp.param_dtype}, gradients reduced as {fsdp_mp.reduce_dtype}"
+)
+print(f"DDP's default gradient bucket: {ddp_module._DEFAULT_BUCKET_CAP_MB} MB")
+
+# %% [markdown]
 # ### Checkpoints, precision and what else changes
 #
 # * **Checkpoints.** A checkpoint holds the weights and AdamW's moments, about 12 bytes per
@@ -1270,4 +1363,23 @@ for name, model, _, W in MODELS:
 # towards 1.8 is what the run answers; the paper's figure comes from a model some ten thousand
 # times larger (7 billion parameters against half a million) trained on a million times more
 # tokens, so a ratio near 1 would not contradict it.
+# ```
+#
+# ```{exercise} mHC at equal active parameters
+# :label: ex-10-active
+# mHC's model has more active parameters than Pre-Norm's at the same width. Which width of
+# Pre-Norm's experts (`moe_hidden` in the overlay) gives it as many active parameters as mHC
+# with `moe_hidden: 88`, and how would you add that run to the comparison so that the seeds
+# stay paired?
+# ```
+#
+# ```{solution} ex-10-active
+# :class: dropdown
+# Count with `active_params(recipe_model(...))` or by hand: each MoE layer's active expert
+# weights are $k \cdot 3 d h_e$, so raising $h_e$ by one adds $3 d k = 384$ active parameters
+# per MoE layer, $3 \cdot 384$ for the three MoE blocks; divide mHC's extra active parameters
+# (the difference printed above) by that and round. Train the wider Pre-Norm with the same
+# seeds through the same command line (`--model.moe_hidden`): its attention weights and
+# batches are then those of the other runs, though its expert weights are not, since they
+# have a different shape. Compare it with mHC as a fifth connection in `reproduction_rows`.
 # ```

@@ -565,3 +565,39 @@ def test_the_sizes_in_data_readme_are_what_info_prints():
         return [line for line in text.splitlines() if line.startswith("  ")]
 
     assert body(printed) == body(block)
+
+
+# --- the package's layers --------------------------------------------------------------------
+
+# each module of hclib.data, and the ones it may import (anywhere in it, functions included)
+DATA_LAYERS = {
+    "tokenizer": set(),
+    "corpus": {"tokenizer"},
+    "sources": {"tokenizer", "corpus"},
+    "recipes": {"tokenizer", "corpus", "sources"},
+    "__main__": {"tokenizer", "corpus", "sources", "recipes"},
+}
+
+
+def _data_imports(module: str) -> set[str]:
+    import ast
+
+    tree = ast.parse((Path(hclib.__file__).parent / "data" / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("hclib.data."):
+                found.add(node.module.split(".")[2])
+            elif node.module == "hclib.data":
+                found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("hclib.data.")}
+    return found
+
+
+@pytest.mark.parametrize("module", list(DATA_LAYERS))
+def test_data_modules_import_in_one_direction_without_a_cycle(module):
+    assert _data_imports(module) <= DATA_LAYERS[module], (
+        f"hclib.data.{module} imports {sorted(_data_imports(module) - DATA_LAYERS[module])}, "
+        "which would close an import cycle"
+    )

@@ -24,6 +24,7 @@ from hclib.data import write_corpus
 from hclib.experiments import (
     AUTO_CORPORA,
     GPT_CLAIMS,
+    LOSS_MARGIN,
     NOT_MEASURED,
     SIZES,
     VARIANTS,
@@ -41,11 +42,12 @@ from hclib.experiments import (
     saved_activation_bytes,
     summary_rows,
     train_gpt,
+    verdict_records,
     write_results,
 )
 from hclib.models import GPT
 from hclib.optim import param_groups
-from hclib.toy import VERDICTS
+from hclib.stats import VERDICTS
 from hclib.training import TrainWindows, WarmupCosine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,6 +389,27 @@ def test_judge_claims_pairs_seeds_and_gives_the_three_verdicts(a, b, kind, verdi
     (row,) = judge_claims(records, [claim], setting="toy")
     assert row["verdict"] == verdict
     assert list(row) == ["claim", "paper and figure", "our setting", "our number", "verdict"]
+
+
+def test_no_better_claims_are_judged_against_the_margin_stated_before_the_run():
+    no_better = [c for c in GPT_CLAIMS if c.kind in ("not lower", "not higher")]
+    assert no_better and all(c.margin == LOSS_MARGIN > 0 for c in no_better)
+    # HC n=1 leans below Pre-Norm but within the margin in every seed: shown "no better"
+    records = [_fake("hc-n1", s, 2.0 - 0.002 * (s + 1)) for s in range(3)]
+    records += [_fake("residual", s, 2.0) for s in range(3)]
+    (row,) = judge_claims(records, [c for c in no_better if c.a == "hc-n1"], setting="toy")
+    assert row["verdict"] == VERDICTS[0]
+    assert row["our setting"].endswith(f"equivalence margin {LOSS_MARGIN:g}")
+
+
+def test_verdict_records_keep_every_measured_row_with_its_seeds():
+    records = [_fake("hc", s, 1.0 + s / 10) for s in range(3)]
+    records += [_fake("residual", s, 1.2) for s in range(3)] + [_fake("fc", 0, 1.0)]
+    claims = [c for c in GPT_CLAIMS if c.metric == "val_loss" and c.b == "residual"]
+    rows = judge_claims(records, claims, setting="toy")
+    kept = verdict_records(rows, "09_small_gpt")
+    assert [r.claim for r in kept] == [r["claim"] for r in rows if r["verdict"] != NOT_MEASURED]
+    assert {r.seeds for r in kept} == {3} and kept[0].number == rows[0]["our number"]
 
 
 def test_the_chapters_claims_all_get_a_verdict_from_the_smoke_runs(runs):

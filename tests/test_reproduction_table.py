@@ -1,10 +1,11 @@
-"""The reproduction table in the book's introduction quotes only numbers its chapters compute.
+"""The reproduction table in the book's introduction is generated from every chapter's verdicts.
 
-Every row of the table under "What reproduces at the book's scale" in ``book/intro.md`` names a
-chapter (``{doc}`notebooks/...```) and quotes its numbers as code spans. Each quoted span must
-appear verbatim in the committed output of a cell of that chapter tagged ``nbval-check-output``,
-the cells whose outputs nbval compares on every test run. So a number in the table cannot drift
-from what the chapter computes without a test failing.
+Chapters 8-10 write their verdict records to ``results/verdicts/<chapter>.json`` from a checked
+cell; the one-seed claims of chapters 1-6 are kept in ``results/verdicts/01-06.json``.
+``python -m hclib.stats`` renders the table of ``book/intro.md`` from all of them. These tests
+check that the committed table is the generated one, that every number a record quotes appears
+verbatim in a checked output of its chapter (the cells nbval compares on every run), and that
+no verdict a chapter prints is missing from the records.
 """
 
 import json
@@ -13,32 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from hclib.stats import (
+    INTRO,
+    TABLE_END,
+    TABLE_START,
+    VERDICTS,
+    load_verdicts,
+    reproduction_table,
+    table_summary,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-INTRO = ROOT / "book" / "intro.md"
-HEADING = "## What reproduces at the book's scale"
-VERDICTS = ("reproduces", "does not reproduce at this scale", "inconclusive: within seed spread")
-COLUMNS = ["Claim", "Paper", "Our setting", "Our number", "Verdict", "Chapter"]
+RECORDS = load_verdicts()
 
 
-def _table_rows() -> list[dict[str, str]]:
-    text = INTRO.read_text()
-    assert HEADING in text, f"expected a section {HEADING!r} in book/intro.md"
-    section = text.split(HEADING, 1)[1].split("\n## ", 1)[0]
-    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
-    assert len(lines) >= 3, "expected a Markdown table with a header and rows"
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header == COLUMNS, f"expected columns {COLUMNS}, got {header}"
-    rows = []
-    for line in lines[2:]:
-        # a `|` inside a code span would split a cell: the table must not contain one
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        assert len(cells) == len(COLUMNS), f"expected {len(COLUMNS)} cells in {line!r}"
-        rows.append(dict(zip(COLUMNS, cells, strict=True)))
-    return rows
-
-
-def _checked_outputs(notebook: Path) -> str:
-    cells = json.loads(notebook.read_text())["cells"]
+def _checked_outputs(chapter: str) -> str:
+    cells = json.loads((ROOT / "notebooks" / f"{chapter}.ipynb").read_text())["cells"]
     texts = []
     for cell in cells:
         if cell["cell_type"] != "code":
@@ -52,28 +43,48 @@ def _checked_outputs(notebook: Path) -> str:
     return "\n".join(texts)
 
 
-ROWS = _table_rows()
+def test_the_committed_table_is_the_generated_one():
+    text = INTRO.read_text()
+    assert TABLE_START in text and TABLE_END in text, "book/intro.md lost its table markers"
+    committed = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    generated = f"{reproduction_table(RECORDS)}\n\n{table_summary(RECORDS)}"
+    assert committed == generated, "run `python -m hclib.stats` and commit book/intro.md"
 
 
-def test_reproduction_table_has_rows_for_every_chapter_that_tests_a_claim():
-    chapters = {re.search(r"notebooks/(\d\d)_", row["Chapter"]).group(1) for row in ROWS}
+def test_the_table_has_rows_for_every_chapter_that_tests_a_claim():
+    chapters = {r.chapter[:2] for r in RECORDS}
     assert {"01", "04", "05", "06", "08", "09", "10"} <= chapters, sorted(chapters)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[row["Claim"][:50] for row in ROWS])
-def test_reproduction_table_quotes_numbers_the_chapter_checks(row):
-    match = re.fullmatch(r"\{doc\}`(notebooks/[\w]+)`", row["Chapter"])
-    assert match, f"expected {{doc}}`notebooks/...` in the Chapter cell, got {row['Chapter']!r}"
-    notebook = ROOT / (match.group(1) + ".ipynb")
-    assert notebook.exists(), f"{notebook} does not exist"
-    assert row["Verdict"].startswith(VERDICTS), (
-        f"a verdict starts with one of {VERDICTS}, got {row['Verdict']!r}"
-    )
-    quoted = re.findall(r"`([^`]+)`", row["Our number"])
-    assert quoted, f"quote the chapter's numbers as code spans: {row['Our number']!r}"
-    outputs = _checked_outputs(notebook)
+def test_one_seed_rows_are_marked_as_such():
+    rows = reproduction_table(RECORDS).splitlines()[2:]
+    for record, row in zip(RECORDS, rows, strict=True):
+        assert ("(one seed)" in row) == (record.seeds == 1), row
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r.claim[:50] for r in RECORDS])
+def test_every_record_quotes_numbers_its_chapter_checks(record):
+    outputs = _checked_outputs(record.chapter)
+    quoted = [record.number, *re.findall(r"`([^`]+)`", record.note)]
     missing = [q for q in quoted if q not in outputs]
     assert not missing, (
-        f"not in a checked output of {notebook.name}: {missing}; the table must quote the "
+        f"not in a checked output of {record.chapter}: {missing}; a record must quote the "
         "chapter's printed numbers verbatim"
     )
+    assert record.verdict in VERDICTS
+
+
+# the chapters that print their reproduction table with markdown_table in a checked cell
+PRINTED = ["08_toy_models", "09_small_gpt", "10_moe_llm_with_lightning"]
+
+
+@pytest.mark.parametrize("chapter", PRINTED)
+def test_every_verdict_a_chapter_prints_has_its_record(chapter):
+    printed = set()
+    for line in _checked_outputs(chapter).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 5 and cells[4] in VERDICTS:
+            printed.add((cells[0], cells[3], cells[4]))  # claim, our number, verdict
+    assert printed, f"no reproduction table in the checked outputs of {chapter}"
+    kept = {(r.claim, r.number, r.verdict) for r in RECORDS if r.chapter == chapter}
+    assert printed == kept, f"{chapter}: printed but not kept {printed - kept}, or the reverse"

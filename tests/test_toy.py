@@ -10,15 +10,11 @@ import hclib
 from hclib.book import book_size, device_slug, results_dir, scaled
 from hclib.models import DeepMLP
 from hclib.toy import (
-    VERDICTS,
-    compare_seeds,
     load_toy_sweep,
     make_toy_data,
-    markdown_table,
     run_toy_sweep,
     save_toy_sweep,
     seesaw_measures,
-    student_t_quantile,
     train_toy,
 )
 
@@ -117,77 +113,6 @@ def test_every_connection_has_a_palette_colour():
     assert color("mhc") == PALETTE["mhc"] and color("something") == PALETTE["other"]
 
 
-# Two-sided 95% and 99% critical values of Student's t, from any statistics textbook's table.
-T_TABLE = [
-    (0.975, 1, 12.706),
-    (0.975, 2, 4.303),
-    (0.975, 4, 2.776),
-    (0.975, 9, 2.262),
-    (0.975, 30, 2.042),
-    (0.995, 2, 9.925),
-    (0.995, 7, 3.499),
-    (0.025, 3, -3.182),
-]
-
-
-@pytest.mark.parametrize(("p", "df", "expected"), T_TABLE)
-def test_student_t_quantile_matches_the_textbook_table(p, df, expected):
-    assert student_t_quantile(p, df) == pytest.approx(expected, abs=1e-3)
-
-
-def test_student_t_quantile_tends_to_the_normal_quantile():
-    assert student_t_quantile(0.975, 100_000) == pytest.approx(1.95996, abs=1e-4)
-
-
-# (a, b, claim, verdict): per-seed values, paired by position.
-WORSE = [0.72, 0.73, 0.72]
-VERDICT_CASES = [
-    ([0.70, 0.71, 0.69], WORSE, "lower", VERDICTS[0]),
-    (WORSE, [0.70, 0.71, 0.69], "lower", VERDICTS[1]),
-    ([0.70, 0.74, 0.71], WORSE, "lower", VERDICTS[2]),  # one seed disagrees
-    (WORSE, [0.70, 0.71, 0.69], "higher", VERDICTS[0]),
-    ([0.70, 0.71, 0.69], WORSE, "higher", VERDICTS[1]),
-    (WORSE, [0.70, 0.71, 0.69], "not lower", VERDICTS[0]),
-    ([0.72, 0.73, 0.71], WORSE, "not lower", VERDICTS[2]),  # leans the other way, within spread
-    ([0.70, 0.71, 0.69], WORSE, "not lower", VERDICTS[1]),
-    (WORSE, WORSE, "not lower", VERDICTS[0]),  # identical runs: no better
-    (WORSE, WORSE, "lower", VERDICTS[2]),
-    ([0.70, 0.71, 0.69], WORSE, "not higher", VERDICTS[0]),
-    (WORSE, [0.70, 0.71, 0.69], "not higher", VERDICTS[1]),
-]
-
-
-@pytest.mark.parametrize(("a", "b", "claim", "verdict"), VERDICT_CASES)
-def test_compare_seeds_gives_the_verdict_of_the_confidence_interval(a, b, claim, verdict):
-    result = compare_seeds(a, b, claim=claim)
-    assert result.verdict == verdict
-    assert result.seeds == 3 and result.low <= result.mean <= result.high
-
-
-def test_compare_seeds_interval_is_the_student_t_interval_of_the_differences():
-    d = torch.tensor([-0.02, -0.01, -0.03, -0.02], dtype=torch.float64)
-    result = compare_seeds(d.tolist(), claim="lower")
-    half = 3.182 * d.std().item() / 2  # t(0.975, 3) * s / sqrt(4)
-    assert result.mean == pytest.approx(-0.02)
-    assert result.high - result.mean == pytest.approx(half, rel=1e-3)
-    assert result.mean - result.low == pytest.approx(half, rel=1e-3)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error"),
-    [
-        ({"a": [0.1], "b": [0.2]}, "at least 2 seeds"),
-        ({"a": [0.1, 0.2], "b": [0.2]}, "one value per seed each"),
-        ({"a": [0.1, 0.2], "claim": "better"}, "claim must be one of"),
-        ({"a": [0.1, float("nan")]}, "must be finite"),
-        ({"a": [0.1, 0.2], "confidence": 1.0}, "confidence must be in"),
-    ],
-)
-def test_compare_seeds_says_what_it_expected(kwargs, error):
-    with pytest.raises(ValueError, match=error):
-        compare_seeds(**kwargs)
-
-
 SWEEP = {
     "Pre-Norm": {"norm": "pre"},
     "HC n=1": {"connection": "hc", "n": 1},
@@ -263,16 +188,3 @@ def test_results_dir_is_results_date_device_slug():
     assert device_slug("  ") == "device"
     folder = results_dir("NVIDIA H200", root="r", date="2026-11-23")
     assert folder == Path("r/2026-11-23-nvidia-h200")
-
-
-def test_markdown_table_has_a_header_a_rule_and_escaped_cells():
-    rows = [{"claim": "a|b", "verdict": "reproduces"}, {"claim": "c", "verdict": 1}]
-    table = markdown_table(rows)
-    assert table.splitlines() == [
-        "| claim | verdict |",
-        "| --- | --- |",
-        "| a\\|b | reproduces |",
-        "| c | 1 |",
-    ]
-    with pytest.raises(ValueError, match="at least one row"):
-        markdown_table([])

@@ -14,10 +14,12 @@ from hclib.traffic import (
     floor_elements,
     floor_ops,
     hc_activation_elements,
+    kernel_elements,
     mhc_table2,
     post_res_traffic,
     recompute_block_estimate,
     recompute_cost,
+    recompute_elements,
 )
 
 SHAPES = [(1, 1), (2, 7), (4, 2560), (8, 1024)]  # (n, C)
@@ -93,6 +95,92 @@ def test_floor_of_fc_does_not_depend_on_m_and_is_7_thirds_of_the_residuals():
 def test_floor_ops_list_the_two_ops_and_their_backwards_in_execution_order():
     assert list(floor_ops("hc", 8, 4)) == ["pre", "post_res", "post_res backward", "pre backward"]
     assert list(floor_ops("residual", 8, mode="forward")) == ["add"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_cross_layer_floor_is_2n_plus_2_forward_and_3n_plus_3_backward(n):
+    d = 10
+    for kind in ("hc", "mhc"):
+        assert floor_elements(kind, d, n, "forward", "cross-layer").total == (2 * n + 2) * d
+        assert floor_elements(kind, d, n, "backward", "cross-layer").total == (3 * n + 3) * d
+    assert floor_elements("fc", d, 4, fusion="cross-layer").total == 10 * d  # k = 1
+
+
+def test_cross_layer_floor_at_n4_is_25d_and_4_point_2_residual_adds():
+    d = 4096
+    cross = floor_elements("hc", d, 4, fusion="cross-layer").total
+    assert cross == 25 * d
+    assert cross / floor_elements("residual", d).total == pytest.approx(25 / 6)
+    assert floor_elements("hc", d, 4).total / floor_elements("residual", d).total == pytest.approx(
+        41 / 6
+    )
+
+
+def test_cross_layer_fusion_leaves_the_residual_add_alone():
+    for mode in ("forward", "backward", "forward+backward"):
+        assert floor_elements("residual", 8, 1, mode, "cross-layer") == floor_elements(
+            "residual", 8, 1, mode
+        )
+
+
+def test_cross_layer_forward_saves_the_second_read_of_the_state():
+    # fusing post_res with the next pre saves the second read of the state: k d
+    for n in (1, 2, 4):
+        per_op = floor_elements("hc", 8, n, "forward").total
+        assert per_op - floor_elements("hc", 8, n, "forward", "cross-layer").total == n * 8
+
+
+# (kind, rate, state bytes, bytes per token and unit of d, per-op forward+backward)
+STATE_DTYPES = [
+    ("residual", 1, 2, 12),
+    ("residual", 1, 4, 20),  # h, h', dh', dh at 4 bytes; y and dh0 at 2
+    ("hc", 4, 2, 82),
+    ("hc", 4, 4, 154),  # 9 state-wide passes of 4 n bytes and 5 branch-wide of 2
+    ("fc", 4, 4, 46),
+]
+
+
+@pytest.mark.parametrize(("kind", "rate", "state_bytes", "per_d"), STATE_DTYPES)
+def test_a_float32_state_under_bf16_counts_4_bytes_per_state_element(
+    kind, rate, state_bytes, per_d
+):
+    assert floor_bytes(kind, 8, rate, state_element_size=state_bytes) == per_d * 8
+
+
+def test_recomputation_adds_the_forward_floor_once_more_per_layer():
+    d = 16
+    for fusion in ("per-op", "cross-layer"):
+        forward = floor_elements("mhc", d, 4, "forward", fusion)
+        assert recompute_elements("mhc", d, 4, fusion) == forward
+    assert recompute_elements("hc", d, 4).total == 14 * d  # (3n+2) d, not the state's n d alone
+
+
+# (kind, fewest, most) of hclib.kernels, forward+backward, in units of d at rate 4
+KERNELS = [("residual", 6, 6), ("fc", 14, 17), ("hc", 41, 50), ("mhc", 46, 50)]
+
+
+@pytest.mark.parametrize(("kind", "fewest", "most"), KERNELS)
+def test_hclib_kernels_reach_the_per_op_floor_at_best_and_never_the_cross_layer_one(
+    kind, fewest, most
+):
+    low, high = kernel_elements(kind, 1, 4)
+    assert (low.total, high.total) == (fewest, most)
+    assert low.total >= floor_elements(kind, 1, 4).total
+    if kind != "residual":
+        assert low.total > floor_elements(kind, 1, 4, fusion="cross-layer").total
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"kind": "hc", "d": 8, "rate": 4, "fusion": "fused"}, "fusion must be one of"),
+        ({"kind": "hc", "d": 8, "rate": 4, "mode": "both"}, "mode must be one of"),
+        ({"kind": "dense", "d": 8}, "kind must be one of"),
+    ],
+)
+def test_floors_say_what_they_expected(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        floor_elements(**kwargs)
 
 
 def _connection_and_state(kind, T, d, rate, dtype):

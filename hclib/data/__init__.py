@@ -19,6 +19,10 @@ the train split (``"shakespeare-bpe"``) or by UTF-8 bytes (``"shakespeare-byte"`
 
 ``data/README.md`` describes the corpus, its licence and the format on disk.
 
+Modules, imported in one direction: :mod:`~hclib.data.tokenizer` <- :mod:`~hclib.data.corpus`
+(the format on disk) <- :mod:`~hclib.data.sources` (downloads) <- :mod:`~hclib.data.recipes`
+(the catalogue :data:`CORPORA` and the builds) <- ``__main__`` (the command line).
+
 Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning (through
 :class:`hclib.training.CorpusDataModule`).
 """
@@ -29,10 +33,9 @@ from hclib.data.corpus import (
     CorpusCorruptError,
     CorpusMissingError,
     data_root,
-    load_corpus,
     write_corpus,
 )
-from hclib.data.recipes import CORPORA, CorpusSpec, build, ensure_corpus
+from hclib.data.recipes import CORPORA, CorpusSpec, build, ensure_corpus, load_corpus
 from hclib.data.sources import (
     CorpusUnavailableError,
     SourceError,

@@ -21,9 +21,8 @@ from hclib.data.corpus import (
     CorpusCorruptError,
     CorpusMissingError,
     data_root,
-    load_corpus,
 )
-from hclib.data.recipes import CORPORA, build, resolve_names
+from hclib.data.recipes import CORPORA, build, load_corpus, resolve_names
 from hclib.data.sources import CorpusUnavailableError, SourceError
 
 

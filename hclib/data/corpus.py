@@ -355,12 +355,9 @@ def read_manifest(name: str, root: Path | str | None = None) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.exists():
         if not folder.is_dir() or not any(p.is_file() for p in folder.iterdir()):
-            from hclib.data.recipes import CORPORA  # the recipes import this module
-
-            known = "" if name in CORPORA else f" (the buildable corpora: {', '.join(CORPORA)})"
-            raise CorpusMissingError(
+            raise CorpusMissingError(  # hclib.data.load_corpus adds the buildable corpora
                 f"corpus {name!r} is not built in {root}; build it with: "
-                f"{build_command(name, root)}{known}"
+                f"{build_command(name, root)}"
             )
         raise CorpusCorruptError(
             f"corpus {name!r} in {folder} has no manifest.json (an interrupted build?); "
@@ -432,7 +429,8 @@ def load_corpus(
     """Open a built corpus, after checking its files against the manifest.
 
     Args:
-        name: the corpus name (``hclib.data.CORPORA`` lists the buildable ones).
+        name: the corpus name (``hclib.data.CORPORA`` lists the buildable ones;
+            :func:`hclib.data.load_corpus` names them when ``name`` is none of them).
         root: the data root (None: :func:`data_root`).
         verify: also compare every file's sha256 with the manifest (about 30 ms for the
             Shakespeare corpora); sizes are always checked.

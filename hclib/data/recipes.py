@@ -37,13 +37,21 @@ from hclib.data.corpus import (
     begin_corpus,
     data_root,
     finish_corpus,
-    load_corpus,
     log,
     read_manifest,
 )
+from hclib.data.corpus import load_corpus as _load_built
 from hclib.data.tokenizer import BYTE_VOCAB, train_bpe
 
-__all__ = ["CORPORA", "SEPARATOR", "CorpusSpec", "build", "ensure_corpus", "resolve_names"]
+__all__ = [
+    "CORPORA",
+    "SEPARATOR",
+    "CorpusSpec",
+    "build",
+    "ensure_corpus",
+    "load_corpus",
+    "resolve_names",
+]
 
 SEPARATOR = "\n\n\n"  # follows every document (work, story, page) in a split's text
 RECIPE_VERSION = 1  # bump when the build's output changes for the same settings
@@ -215,7 +223,7 @@ def _encode_split(
 def _up_to_date(name: str, root: Path, settings: dict[str, Any]) -> Corpus | str:
     """The corpus on disk if it is sound and built with ``settings``, else why it is not."""
     try:
-        corpus = load_corpus(name, root, verify=True)
+        corpus = _load_built(name, root, verify=True)
     except CorpusMissingError:
         return "not built yet"
     except CorpusCorruptError as error:
@@ -310,6 +318,22 @@ def build(
     )
     say(f"built in {folder} ({time.perf_counter() - start:.1f} s)")
     return corpus
+
+
+def load_corpus(
+    name: str = DEFAULT_CORPUS, root: Path | str | None = None, verify: bool = True
+) -> Corpus:
+    """:func:`hclib.data.corpus.load_corpus`, whose missing-corpus error also names the
+    buildable corpora (:data:`CORPORA`) when ``name`` is none of them. This is
+    ``hclib.data.load_corpus``; the format layer (:mod:`hclib.data.corpus`) knows no recipes.
+    """
+    try:
+        return _load_built(name, root, verify=verify)
+    except CorpusMissingError as error:
+        if name in CORPORA:
+            raise
+        known = f" (the buildable corpora: {', '.join(CORPORA)})"
+        raise CorpusMissingError(f"{error}{known}") from None
 
 
 def ensure_corpus(
