@@ -1013,6 +1013,24 @@ def init_rows(depth: int = 6, d: int = 16, k: int = 4, seed: int = 0) -> list[di
     return rows
 
 
+def lucid_fc_static(m: int = 4) -> dict[str, list[list[float]]] | None:
+    """lucidrains' ``HyperConnections(1, num_fracs=m)`` at its own initialisation: the static
+    ``Y``, ``A`` and ``B`` as its forward reads them (columns of ``static_alpha`` in
+    ``(fraction, [input | residual])`` pairs, the layout the ladder's mapping uses and checks).
+    FC Eq. 15 has ``Y = A = I`` and ``B = 1``. None without the package."""
+    if not version("hyper-connections"):
+        return None
+    from hyper_connections import HyperConnections
+
+    module = HyperConnections(1, dim=4 * m, num_fracs=m, layer_index=0)
+    static = module.static_alpha.detach().view(m, m, 2)  # (source f1, target f2, [Y | A])
+    return {
+        "Y": static[..., 0].tolist(),
+        "A": static[..., 1].tolist(),
+        "B": module.static_beta.detach().tolist(),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
@@ -1123,6 +1141,24 @@ def markdown(ladder: list[dict], sinkhorn: list[dict], init: list[dict], skipped
             f"| {r['implementation']} | {r['version']} | {r['n_or_m']} | {r['depth']} | "
             f"{_fmt(r['max_abs_diff_vs_prenorm'])} |"
         )
+    fc = lucid_fc_static(4)
+    if fc is not None:
+
+        def matrix(M: list[list[float]]) -> str:
+            return "[" + ", ".join("[" + ", ".join(f"{x:g}" for x in row) + "]" for row in M) + "]"
+
+        lines += [
+            "",
+            "## lucidrains FC at its own initialisation (num_fracs = 4)",
+            "",
+            "The static weights as the module's forward reads them (FC Eq. 15: Y = A = I, "
+            "B = 1; rows: source fraction, columns: target fraction):",
+            "",
+            f"- Y = {matrix(fc['Y'])}",
+            f"- A = {matrix(fc['A'])}",
+            "- B = [" + ", ".join(f"{x:g}" for x in fc["B"]) + "], applied as "
+            "sum over source fractions (every target fraction receives all of T(h_0))",
+        ]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"

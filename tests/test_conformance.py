@@ -3,6 +3,7 @@ itself and sees a deliberate deviation; the parameter mappings are exact re-layo
 the peers are installed, each peer computes hclib's function once its listed deviations are
 neutralised (and not before)."""
 
+import csv
 import importlib.util
 import sys
 from pathlib import Path
@@ -173,3 +174,15 @@ def test_pot_sinkhorn_with_the_same_rounds_equals_hclib():
     rows = {r["implementation"]: r for r in conf.sinkhorn_rows(quick=True)}
     assert rows["hclib.sinkhorn_knopp"]["vs_log_t20"] < 1e-13
     assert rows["POT sinkhorn (method='sinkhorn')"]["vs_log_t20"] < 1e-13
+
+
+def test_appendix_includes_the_committed_table_with_every_peer_and_its_version():
+    page = (ROOT / "book" / "appendix_conformance.md").read_text()
+    include = page.split("```{include} ", 1)[1].split("\n", 1)[0]
+    table = (ROOT / "book" / include).resolve()
+    assert table.is_file(), f"the appendix includes {include}, which does not exist"
+    text = table.read_text()
+    for name in PEERS:
+        assert f"| {name} |" in text, f"{name} is missing from {table}"
+    rows = list(csv.DictReader((table.with_suffix(".csv")).open()))
+    assert rows and all(r["version"] for r in rows), "every row names the version it measured"
