@@ -20,6 +20,7 @@ Derived in: notebooks/06_manifold_constrained_hyper_connections.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
@@ -33,48 +34,91 @@ __all__ = ["ManifoldHyperConnection", "sinkhorn_knopp"]
 
 
 def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
-    """Project logits onto (nearly) doubly stochastic matrices (mHC Eq. 9).
+    """Project logits onto (nearly) doubly stochastic matrices (mHC Eqs. 8-9).
 
     ``M^(0) = exp(logits)``, then ``iters`` rounds of ``M <- T_r(T_c(M))``: first every column
-    is divided by its sum, then every row. Because rows are normalised last, every row of
-    the result sums to 1 (to rounding); the column sums converge to 1 as ``iters`` grows.
+    is divided by its sum, then every row (Eq. 9). Because rows are normalised last, every row
+    of the result sums to 1 (to rounding); the column sums converge to 1 as ``iters`` grows.
 
-    Each column of ``exp(logits)`` is first divided by its largest entry, which the first
-    column normalisation undoes exactly and which keeps every column non-zero. Should an
-    entry still underflow so that a row or column sums to 0 (logits some 100 (float32) or
-    750 (float64) apart), the same iterations are rerun on ``log M``, where dividing by a sum
-    is subtracting its log-sum-exp and nothing underflows. The iterations run in float32
-    (float64 for float64 input) and the result has the dtype of ``logits``.
+    The rounds run on ``log M``, where dividing a column (row) by its sum is subtracting its
+    log-sum-exp: the same iteration, term for term, but nothing underflows, so it holds for
+    logits of any spread (``exp`` of float32 logits some 90 apart would round to 0 and change
+    the result). Each matrix is computed on its own, with the same code whatever its values:
+    one matrix's result never depends on the others in the batch, and the function has no
+    data-dependent branch (``torch.compile`` traces it in one graph). The rounds run in
+    float32 (float64 for float64 logits), and the result has the dtype of ``logits``.
+
+    ``-inf`` logits are exact zeros of ``M^(0)`` and are allowed. A row or column of ``-inf``
+    only has no doubly stochastic scaling (Eq. 9 would divide 0 by 0): that matrix comes back
+    NaN, and the other matrices of the batch are unaffected.
 
     Args:
-        logits: ``(..., n, n)``.
-        iters: number of column-then-row rounds, ``>= 1`` (mHC uses ``t_max = 20``).
+        logits: ``(..., n, n)`` floating point, finite or ``-inf``.
+        iters: number of column-then-row rounds, an integer ``>= 1`` (mHC uses ``t_max = 20``);
+            numpy integers, 0-d integer tensors and anything with ``__index__`` are accepted.
 
     Returns:
-        ``(..., n, n)``, entrywise non-negative (positive unless an entry underflows).
+        ``(..., n, n)``, entrywise non-negative (positive unless an entry underflows or its
+        logit is ``-inf``).
+
+    Raises:
+        TypeError: ``logits`` not a floating-point tensor, or ``iters`` not an integer.
+        ValueError: bad shape, ``iters < 1``, or a NaN or ``+inf`` logit (this value check
+            needs the values on the host; under ``torch.compile`` it is left out, so as not to
+            break the graph).
     """
+    _check_logits(logits)
+    iters = _check_iters(iters)
+    if not torch.compiler.is_compiling():
+        _check_logit_values(logits)
+    return _sinkhorn_knopp(logits, iters)
+
+
+def _sinkhorn_knopp(logits: torch.Tensor, iters: int) -> torch.Tensor:
+    """Eq. 9 on ``log M`` without input checks (the connections' logits come from their own
+    projection)."""
+    log_M = logits.to(compute_dtype(logits.dtype))  # log M^(0) = logits          (Eq. 9)
+    for _ in range(iters):
+        log_M = log_M - torch.logsumexp(log_M, dim=-2, keepdim=True)  # T_c: columns sum to 1
+        log_M = log_M - torch.logsumexp(log_M, dim=-1, keepdim=True)  # T_r: rows sum to 1
+    return log_M.exp().to(logits.dtype)  # M^(iters)  (..., n, n)
+
+
+def _check_logits(logits: object) -> None:
+    """Type, dtype and shape of Sinkhorn logits (no look at the values)."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"logits must be a floating-point tensor, got {logits.dtype} "
+            "(convert with logits.float())"
+        )
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
-    iters = check_count(iters, "iters", "Sinkhorn-Knopp iterations")
-    x = logits.to(compute_dtype(logits.dtype))
-    M = torch.exp(x - x.detach().amax(dim=-2, keepdim=True))  # M^(0) up to column factors
-    for _ in range(iters):
-        M = M / M.sum(dim=-2, keepdim=True)  # T_c: every column sums to 1
-        M = M / M.sum(dim=-1, keepdim=True)  # T_r: every row sums to 1
-    if not bool(torch.isfinite(M).all()):  # a row or column underflowed to 0: go to log space
-        M = _sinkhorn_knopp_log(x, iters)
-    return M.to(logits.dtype)
 
 
-def _sinkhorn_knopp_log(x: torch.Tensor, iters: int) -> torch.Tensor:
-    """:func:`sinkhorn_knopp` on ``log M``: ``T_c`` and ``T_r`` subtract a log-sum-exp."""
-    log_M = x
-    for _ in range(iters):
-        log_M = log_M - torch.logsumexp(log_M, dim=-2, keepdim=True)  # T_c
-        log_M = log_M - torch.logsumexp(log_M, dim=-1, keepdim=True)  # T_r
-    return log_M.exp()
+def _check_logit_values(logits: torch.Tensor) -> None:
+    """Refuse NaN and ``+inf`` logits (one host sync)."""
+    bad = torch.isnan(logits) | torch.isposinf(logits)
+    if bool(bad.any()):
+        nan, inf = int(torch.isnan(logits).sum()), int(torch.isposinf(logits).sum())
+        raise ValueError(
+            f"logits must be finite or -inf, got {nan} NaN and {inf} +inf entries: "
+            "SK(x) is undefined for them"
+        )
+
+
+def _check_iters(iters: object) -> int:
+    """``iters`` as an ``int >= 1``: ints, numpy integers, 0-d integer tensors, ``__index__``."""
+    if isinstance(iters, bool) or (isinstance(iters, torch.Tensor) and iters.dtype == torch.bool):
+        raise TypeError("iters must be an int number of Sinkhorn-Knopp iterations, got bool")
+    try:
+        value = operator.index(iters)
+    except TypeError:
+        raise TypeError(
+            f"iters must be an int number of Sinkhorn-Knopp iterations, got {type(iters).__name__}"
+        ) from None
+    return check_count(value, "iters", "Sinkhorn-Knopp iterations")
 
 
 def _logit(p: float) -> float:
@@ -108,7 +152,7 @@ def _manifold_mappings(
     return Mappings(
         pre=torch.sigmoid(pre),  # Eq. 8
         post=2.0 * torch.sigmoid(post),
-        res=sinkhorn_knopp(res, iters),
+        res=_sinkhorn_knopp(res, iters),
     )
 
 

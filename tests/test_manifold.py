@@ -9,6 +9,7 @@ import contextlib
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from branches import prenorm_branch, prenorm_stack, randomise
@@ -641,19 +642,192 @@ def test_mhc_rejects_bad_input_naming_expected_and_given(build, error, message):
         build()
 
 
-def test_sinkhorn_in_log_space_is_the_same_algorithm_and_takes_over_on_underflow():
-    from hclib.manifold import _sinkhorn_knopp_log
+# ---------------------------- Sinkhorn: exact at any spread, matrix by matrix, inputs checked
+def sinkhorn_log_by_hand(logits, iters=20):
+    """mHC Eq. 9 on log M in float64: dividing a column (row) by its sum is subtracting its
+    log-sum-exp, written out as max + log(sum(exp(L - max)))."""
+    L = logits.to(F64)
+    for _ in range(iters):
+        m = L.amax(-2, keepdim=True)
+        L = L - (m + torch.exp(L - m).sum(-2, keepdim=True).log())  # T_c
+        m = L.amax(-1, keepdim=True)
+        L = L - (m + torch.exp(L - m).sum(-1, keepdim=True).log())  # T_r
+    return L.exp()
 
-    torch.manual_seed(0)
-    logits = 3.0 * torch.randn(20, 4, 4, dtype=F64)
-    for iters in (1, 5, 20):
-        torch.testing.assert_close(
-            _sinkhorn_knopp_log(logits, iters),
-            hclib.sinkhorn_knopp(logits, iters),
-            atol=1e-13,
-            rtol=0,
-        )
-    far = torch.tensor([[0.0, -120.0], [-120.0, -120.0]])  # exp underflows in float32
-    S = hclib.sinkhorn_knopp(far)
-    assert torch.isfinite(S).all()
-    torch.testing.assert_close(S, _sinkhorn_knopp_log(far.double(), 20).float())
+
+def wide_logits(kind, spread, dtype, n=4, batch=256, seed=0):
+    """Logits whose entries lie ``spread`` apart: uniform entries, or rows (columns) shifted by
+    up to ``spread`` plus unit noise (rows far below the others underflow in exp)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, n, n, generator=g, dtype=F64)
+    if kind == "entries":
+        logits = spread * torch.rand(batch, n, n, generator=g, dtype=F64)
+    elif kind == "rows":
+        logits = spread * torch.rand(batch, n, 1, generator=g, dtype=F64) + noise
+    else:
+        logits = spread * torch.rand(batch, 1, n, generator=g, dtype=F64) + noise
+    return logits.to(dtype)
+
+
+def test_the_log_space_oracle_is_eq_9_term_for_term():
+    # where float64 exp does not underflow (spreads up to ~700), the two agree to rounding
+    for kind in ("entries", "rows", "columns"):
+        logits = wide_logits(kind, 600.0, F64, batch=64)
+        for iters in (1, 5, 20):
+            torch.testing.assert_close(
+                sinkhorn_log_by_hand(logits, iters),
+                sinkhorn_by_hand(logits, iters),
+                atol=1e-13,
+                rtol=0,
+            )
+
+
+WIDE = [  # (dtype, spread, atol): float32 up to ~100 apart, float64 up to ~1000
+    (F32, 10.0, 2e-6),
+    (F32, 40.0, 2e-6),
+    (F32, 100.0, 4e-6),
+    (F64, 100.0, 1e-13),
+    (F64, 1000.0, 1e-12),
+]
+
+
+@pytest.mark.parametrize("kind", ["entries", "rows", "columns"])
+@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize(
+    ("dtype", "spread", "atol"), WIDE, ids=[f"{str(t)[6:]}-{s:g}" for t, s, _ in WIDE]
+)
+def test_sinkhorn_equals_the_float64_log_space_iteration_at_wide_spreads(
+    dtype, spread, atol, n, kind
+):
+    logits = wide_logits(kind, spread, dtype, n=n, seed=n)
+    S = hclib.sinkhorn_knopp(logits)
+    assert S.dtype == dtype
+    torch.testing.assert_close(S.to(F64), sinkhorn_log_by_hand(logits), atol=atol, rtol=0)
+
+
+def test_sinkhorn_in_float32_exp_space_would_be_wrong_where_rows_are_120_apart():
+    # what the log-space rounds avoid: exp of a row far below its columns' maxima underflows
+    # (to 0 or to subnormals with few bits), which the row normalisation then blows up
+    logits = wide_logits("rows", 120.0, F32, seed=1)
+    M = torch.exp(logits - logits.amax(-2, keepdim=True))
+    for _ in range(20):
+        M = M / M.sum(-2, keepdim=True)
+        M = M / M.sum(-1, keepdim=True)
+    truth = sinkhorn_log_by_hand(logits)
+    exp_error = (M.to(F64) - truth).abs().nan_to_num(nan=1.0).max()
+    assert exp_error > 1e-3
+    assert (hclib.sinkhorn_knopp(logits).to(F64) - truth).abs().max() < 4e-6
+
+
+@pytest.mark.parametrize(("dtype", "spread"), [(F32, 100.0), (F64, 1000.0)])
+def test_sinkhorn_gradient_equals_the_float64_log_space_iteration_at_wide_spreads(dtype, spread):
+    logits = wide_logits("rows", spread, dtype, batch=64, seed=2)
+    grad = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x = logits.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(hclib.sinkhorn_knopp(x), x, grad.to(dtype))
+    x64 = logits.detach().to(F64).requires_grad_(True)
+    (ref,) = torch.autograd.grad(sinkhorn_log_by_hand(x64), x64, grad)
+    atol = 4e-6 if dtype == F32 else 1e-12
+    torch.testing.assert_close(g.to(F64), ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["rows", "entries"])
+def test_sinkhorn_passes_float64_gradcheck_at_spread_50_and_with_minus_inf_entries(kind):
+    logits = wide_logits(kind, 50.0, F64, n=3, batch=2, seed=4)
+    logits[0, 1, 2] = -math.inf  # a structural zero, not a whole row
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: hclib.sinkhorn_knopp(t, 5), (logits,))
+
+
+def test_sinkhorn_of_a_matrix_never_depends_on_the_others_in_the_batch():
+    # each matrix alone, then inside a batch with wild neighbours: one 1000 apart, one with a
+    # row of -inf (no doubly stochastic scaling: NaN), one of -inf entries, one constant
+    g = torch.Generator().manual_seed(5)
+    mine = 3.0 * torch.randn(4, 4, generator=g)
+    others = [
+        1000.0 * torch.randn(4, 4, generator=g),
+        torch.randn(4, 4, generator=g).index_fill(0, torch.tensor([2]), -math.inf),
+        torch.randn(4, 4, generator=g).index_put_(
+            (torch.tensor([0, 1, 2]), torch.tensor([0, 1, 3])), torch.tensor(-math.inf)
+        ),
+        torch.full((4, 4), 7.0),
+    ]
+    alone = hclib.sinkhorn_knopp(mine[None])[0]
+    batch = torch.stack([others[0], mine, others[1], others[2], others[3]])
+    S = hclib.sinkhorn_knopp(batch)
+    torch.testing.assert_close(S[1], alone, atol=0, rtol=0)
+    assert torch.isnan(S[2]).all()  # the matrix with a row of -inf, and only it
+    assert torch.isfinite(S[[0, 1, 3, 4]]).all()
+    x = batch.clone().requires_grad_(True)
+    S = hclib.sinkhorn_knopp(x)
+    S[1].pow(2).sum().backward()
+    y = mine[None].clone().requires_grad_(True)
+    hclib.sinkhorn_knopp(y).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad[1], y.grad[0], atol=0, rtol=0)
+    assert (x.grad[[0, 3, 4]] == 0).all()  # (the NaN matrix's gradient is NaN)
+
+
+def test_sinkhorn_gives_exact_zeros_for_minus_inf_logits_and_a_nan_matrix_for_a_minus_inf_row():
+    logits = 2.0 * torch.randn(3, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(6))
+    logits[0, 0, 1] = logits[0, 2, 3] = -math.inf
+    S = hclib.sinkhorn_knopp(logits)
+    assert S[0, 0, 1] == 0 and S[0, 2, 3] == 0
+    torch.testing.assert_close(S, sinkhorn_by_hand(logits, 20), atol=1e-14, rtol=0)
+    logits[1, :, 3] = -math.inf  # a column of -inf
+    S = hclib.sinkhorn_knopp(logits)
+    assert torch.isnan(S[1]).all() and torch.isfinite(S[[0, 2]]).all()
+
+
+class Three:
+    """Not an int, but usable as one (``__index__``)."""
+
+    def __index__(self):
+        return 3
+
+
+@pytest.mark.parametrize(
+    "iters", [3, np.int64(3), np.int32(3), torch.tensor(3), Three()], ids=lambda v: type(v).__name__
+)
+def test_sinkhorn_accepts_integer_like_iters(iters):
+    logits = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(hclib.sinkhorn_knopp(logits, iters), hclib.sinkhorn_knopp(logits, 3))
+
+
+def logits_with(value):
+    logits = torch.zeros(2, 3, 3)
+    logits[1, 2, 0] = value
+    return logits
+
+
+SINKHORN_BAD_INPUTS = [  # (logits, iters, error, message)
+    (
+        torch.zeros(2, 3, 3, dtype=torch.long),
+        20,
+        TypeError,
+        "floating-point tensor, got torch.int64",
+    ),
+    (
+        torch.zeros(2, 3, 3, dtype=torch.int32),
+        20,
+        TypeError,
+        "floating-point tensor, got torch.int32",
+    ),
+    (torch.ones(2, 3, 3, dtype=torch.bool), 20, TypeError, "floating-point tensor, got torch.bool"),
+    (torch.zeros(2, 3, 3, dtype=torch.complex64), 20, TypeError, "floating-point.*complex64"),
+    (logits_with(math.nan), 20, ValueError, "finite or -inf, got 1 NaN and 0 \\+inf entries"),
+    (logits_with(math.inf), 20, ValueError, "finite or -inf, got 0 NaN and 1 \\+inf entries"),
+    (torch.zeros(2, 3, 3), True, TypeError, "iters must be an int.*got bool"),
+    (torch.zeros(2, 3, 3), torch.tensor(True), TypeError, "iters must be an int.*got bool"),
+    (torch.zeros(2, 3, 3), 3.0, TypeError, "iters must be an int.*got float"),
+    (torch.zeros(2, 3, 3), np.float64(3.0), TypeError, "iters must be an int.*got float64"),
+    (torch.zeros(2, 3, 3), torch.tensor(3.0), TypeError, "iters must be an int.*got Tensor"),
+    (torch.zeros(2, 3, 3), "3", TypeError, "iters must be an int.*got str"),
+    (torch.zeros(2, 3, 3), np.int64(0), ValueError, "iters must be >= 1.*iters=0"),
+    (torch.zeros(2, 3, 3), -2, ValueError, "iters must be >= 1.*iters=-2"),
+]
+
+
+@pytest.mark.parametrize(("logits", "iters", "error", "message"), SINKHORN_BAD_INPUTS)
+def test_sinkhorn_rejects_bad_input_naming_expected_and_given(logits, iters, error, message):
+    with pytest.raises(error, match=message):
+        hclib.sinkhorn_knopp(logits, iters)

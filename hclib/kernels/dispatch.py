@@ -21,6 +21,7 @@ Derived in: notebooks/07_memory_traffic_and_fused_kernels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -33,6 +34,8 @@ __all__ = [
     "check_impl",
     "compile_options",
     "compiled",
+    "device_of",
+    "fake",
     "interpreting",
     "launch",
     "reset_compiled",
@@ -126,6 +129,10 @@ def launch(
 ) -> None:
     """Run a Triton kernel: autotuned on a GPU, with plain block sizes in the interpreter.
 
+    The launch runs under :func:`device_of` the first CUDA tensor argument, and is skipped
+    for fake tensors (:func:`fake`), so that a launcher also gives the output shapes of a
+    registered op while ``torch.compile`` traces it.
+
     Args:
         kernel: the ``@triton.jit`` function.
         tuned: the same kernel wrapped in ``triton.autotune`` (its configs set the tuned
@@ -137,7 +144,31 @@ def launch(
             without a GPU: the interpreter would time Python, not the kernel).
         meta: the other constexpr arguments.
     """
-    if on_gpu:
-        tuned[grid](*args, **meta)
-    else:
-        kernel[grid](*args, **meta, **cpu_meta)
+    if fake(*args):
+        return
+    with device_of(*args):
+        if on_gpu:
+            tuned[grid](*args, **meta)
+        else:
+            kernel[grid](*args, **meta, **cpu_meta)
+
+
+def device_of(*args: object) -> contextlib.AbstractContextManager:
+    """``torch.cuda.device`` of the first CUDA tensor among ``args`` (a no-op without one).
+
+    Triton launches a kernel on the *current* CUDA device, whatever device its pointers live
+    on; every launch runs under this guard so that a model on ``cuda:1`` runs its kernels there.
+    """
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_cuda:
+            return torch.cuda.device(arg.device)
+    return contextlib.nullcontext()
+
+
+def fake(*args: object) -> bool:
+    """Whether a tensor among ``args`` is a fake tensor (shapes without data, as
+    ``torch.compile`` traces): nothing must be launched on it. ``wrap_triton`` skips such
+    launches itself for compiled kernels; the interpreter's kernels need this check."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(isinstance(arg, torch.Tensor) and is_fake(arg) for arg in args)
