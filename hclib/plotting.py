@@ -6,9 +6,10 @@ readers and in greyscale print.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PALETTE", "color", "show_figure", "use_book_style"]
+__all__ = ["PALETTE", "color", "set_log_ticks", "show_figure", "use_book_style"]
 
 PALETTE: dict[str, str] = {
     "pre-norm": "#D55E00",  # vermilion: the Pre-Norm residual (HC Figure 3's red)
@@ -49,6 +50,18 @@ def use_book_style(**overrides: Any) -> None:
     }
     style.update(overrides)
     mpl.rcParams.update(style)
+
+
+def set_log_ticks(axis: Any, ticks: Sequence[float]) -> None:
+    """Label a log-scaled axis with plain numbers at ``ticks`` and no minor ticks.
+
+    ``axis`` is ``ax.xaxis`` or ``ax.yaxis``; call it after ``ax.set_yscale("log")``.
+    """
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    axis.set_major_locator(FixedLocator(list(ticks)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_locator(NullLocator())
 
 
 def show_figure(fig: Any, name: str) -> None:
