@@ -63,6 +63,8 @@ def amax_gain(M: torch.Tensor) -> AmaxGain:
         raise TypeError(f"M must be a torch.Tensor, got {type(M).__name__}")
     if M.dim() < 2 or M.shape[-1] != M.shape[-2]:
         raise ValueError(f"M must have shape (..., n, n), got {tuple(M.shape)}")
+    if M.shape[-1] == 0:
+        raise ValueError(f"M must have shape (..., n, n) with n >= 1, got {tuple(M.shape)}")
     forward = M.sum(dim=-1).abs().amax(dim=-1)  # max |row sum|
     backward = M.sum(dim=-2).abs().amax(dim=-1)  # max |column sum|
     return AmaxGain(forward=forward, backward=backward)

@@ -13,14 +13,20 @@ and :class:`Mappings` holds exactly those three per-token weights ``(pre, post, 
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from hclib.kernels.dispatch import check_impl
-from hclib.streams import check_count
+from hclib.streams import as_int, check_count
 
 __all__ = [
     "AlphaBetaConnection",
@@ -28,6 +34,9 @@ __all__ = [
     "Mappings",
     "apply_norm",
     "as_matrix",
+    "check_eps",
+    "check_finite",
+    "check_flag",
     "check_layer_id",
     "compute_dtype",
     "make_norm",
@@ -51,22 +60,95 @@ class Mappings(NamedTuple):
 
 
 def check_layer_id(layer_id: object) -> int:
-    """Return ``layer_id`` if it is an ``int >= 0``, else raise a clear error."""
-    if isinstance(layer_id, bool) or not isinstance(layer_id, int):
-        raise TypeError(f"layer_id must be an int, got {type(layer_id).__name__}")
+    """Return ``layer_id`` as an ``int >= 0`` (integer-like values accepted), else raise."""
+    layer_id = as_int(layer_id, "layer_id")
     if layer_id < 0:
         raise ValueError(f"layer_id must be >= 0, got {layer_id}")
     return layer_id
 
 
+def check_flag(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool (Python or NumPy), else a ``TypeError``.
+
+    A flag given as a string or a number is refused rather than read as truthy:
+    ``tanh="no"`` would otherwise turn tanh on.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_finite(value: object, name: str) -> float:
+    """Return ``value`` as a finite ``float`` (a real number, not a bool), else raise."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_eps(value: object, name: str = "eps") -> float:
+    """Return a norm's epsilon as a finite ``float >= 0``, else raise.
+
+    A negative epsilon can make ``variance + eps`` negative and the norm NaN; a NaN or
+    infinite one makes every output NaN or zero. Zero is allowed: it is the exact norm of the
+    equations, which the book's chapters use to compare a module with them (a state that is
+    exactly zero then gives NaN, as ``0 / 0``).
+    """
+    value = check_finite(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (a norm's epsilon), got {value}")
+    return value
+
+
 def as_matrix(matrix: object) -> torch.Tensor:
-    """A 2-D floating tensor from a tensor, array or nested list."""
+    """A 2-D finite floating tensor from a tensor, array or nested list.
+
+    The caller checks the shape (an empty matrix fails that check with a ``ValueError``).
+    """
     M = torch.as_tensor(matrix)
+    if M.dtype == torch.bool or M.is_complex():
+        raise TypeError(f"the connection matrix must hold real numbers, got dtype {M.dtype}")
     if not M.is_floating_point():
         M = M.to(torch.get_default_dtype())
     if M.dim() != 2:
         raise ValueError(f"the connection matrix must be 2-D, got shape {tuple(M.shape)}")
+    if not bool(torch.isfinite(M).all()):
+        where = tuple(torch.nonzero(~torch.isfinite(M))[0].tolist())
+        raise ValueError(f"the connection matrix must be finite, got {M[where].item()} at {where}")
     return M
+
+
+#: branches that already add their own residual: wrapping one adds the input twice
+RESIDUAL_BLOCKS: tuple[type[nn.Module], ...] = (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def warn_if_residual_block(branch: object) -> None:
+    """Warn when ``branch`` is a block that adds its own residual (see :data:`RESIDUAL_BLOCKS`).
+
+    ``nn.TransformerEncoderLayer`` computes ``x + SA(x)`` and ``x + FF(x)`` itself; inside a
+    connection, which adds ``x`` again, the layer computes ``2x + ...``: the residual stream
+    is counted twice and grows with depth.
+    """
+    if isinstance(branch, RESIDUAL_BLOCKS):
+        # point the warning at the first caller outside hclib (the line that built the module)
+        package, frame, level = os.path.dirname(__file__), sys._getframe(0), 1
+        while frame is not None and frame.f_code.co_filename.startswith(package):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(
+            f"the branch is a {type(branch).__name__}, which adds its own residual "
+            "(x + attention(x), x + feed-forward(x)); wrapped in a connection, which adds x "
+            "again, the input is counted twice. Wrap its sub-blocks instead (a pre-norm "
+            "attention and a pre-norm feed-forward, each as one branch).",
+            UserWarning,
+            stacklevel=level,
+        )
 
 
 def make_norm(kind: str, dim: int, affine: bool, eps: float) -> nn.Module:
@@ -125,6 +207,7 @@ class Connection(nn.Module):
             raise TypeError(
                 f"branch must be a callable (..., d) -> (..., d), got {type(branch).__name__}"
             )
+        warn_if_residual_block(branch)
         self.branch = branch
 
     def _check_state(self, H: Any, tail: tuple[int, ...], what: str) -> torch.Tensor:
@@ -188,8 +271,10 @@ class AlphaBetaConnection(Connection):
         impl: str = "auto",
     ) -> None:
         super().__init__(dim, branch, impl)
-        self.dynamic = bool(dynamic)
-        self.use_tanh = bool(tanh)
+        self.dynamic = check_flag(dynamic, "dynamic")
+        self.use_tanh = check_flag(tanh, "tanh")
+        norm_affine = check_flag(norm_affine, "norm_affine")
+        eps = check_eps(eps)
         self.static_alpha = nn.Parameter(static_alpha)
         self.static_beta = nn.Parameter(static_beta)
         if self.dynamic:

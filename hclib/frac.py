@@ -89,7 +89,7 @@ class FracConnection(AlphaBetaConnection):
         impl: str = "auto",
     ) -> None:
         m = check_count(m, "m", "fractions")
-        check_count(dim, "dim", "features")
+        dim = check_count(dim, "dim", "features")
         if dim % m:
             raise ValueError(f"d={dim} is not divisible by m={m} fractions")
         static_alpha = torch.cat([torch.eye(m), torch.eye(m)], dim=1)  # Eq. 15: [Y | A] = [I | I]

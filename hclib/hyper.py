@@ -90,6 +90,7 @@ class HyperConnection(AlphaBetaConnection):
         eps: float = 1e-5,
         impl: str = "auto",
     ) -> None:
+        dim = check_count(dim, "dim", "features")
         n = check_count(n, "n", "streams")
         layer_id = check_layer_id(layer_id)
         # Eq. 14: A_m = e_{layer_id mod n}, A_r = I, B = 1.

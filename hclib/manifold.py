@@ -26,7 +26,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hclib.connection import Connection, Mappings, check_layer_id, compute_dtype
+from hclib.connection import (
+    Connection,
+    Mappings,
+    check_eps,
+    check_finite,
+    check_layer_id,
+    compute_dtype,
+)
 from hclib.kernels.dispatch import check_impl, compiled, resolve_impl
 from hclib.streams import check_count
 
@@ -245,14 +252,17 @@ class ManifoldHyperConnection(Connection):
         self.impl = check_impl(impl)
         self.layer_id = check_layer_id(layer_id)
         self.sinkhorn_iters = check_count(sinkhorn_iters, "sinkhorn_iters", "iterations")
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
+        gate_init = check_finite(gate_init, "gate_init")
         for name, value, low, high in (
             ("pre_init", pre_init, 0.0, 1.0),
             ("post_init", post_init, 0.0, 2.0),
             ("res_init_diag", res_init_diag, 0.0, 1.0),
         ):
-            if not low < float(value) < high:
+            if not low < check_finite(value, name) < high:
                 raise ValueError(f"{name} must lie in ({low:g}, {high:g}), got {value}")
+        pre_init, post_init = float(pre_init), float(post_init)
+        res_init_diag = float(res_init_diag)
 
         b_pre = torch.full((n,), _logit((1.0 - pre_init) / (n - 1)) if n > 1 else 0.0)
         b_pre[self.layer_id % n] = _logit(pre_init)  # sigmoid(b_pre) sums to 1 for n >= 2
@@ -263,7 +273,7 @@ class ManifoldHyperConnection(Connection):
         if n > 1:
             b_res.fill_diagonal_(math.log(res_init_diag * (n - 1) / (1.0 - res_init_diag)))
         k = n * n + 2 * n
-        self.phi = nn.Parameter(torch.zeros(n * dim, k))  # [phi_pre | phi_post | phi_res]
+        self.phi = nn.Parameter(torch.zeros(n * self.dim, k))  # [phi_pre | phi_post | phi_res]
         self.bias = nn.Parameter(torch.cat([b_pre, b_post, b_res.flatten()]))  # (n^2 + 2n,)
         self.alpha_pre = nn.Parameter(torch.full((1,), float(gate_init)))
         self.alpha_post = nn.Parameter(torch.full((1,), float(gate_init)))

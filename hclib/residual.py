@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hclib.connection import Connection, Mappings, apply_norm
+from hclib.connection import Connection, Mappings, apply_norm, check_eps
 from hclib.kernels.dispatch import resolve_impl
 
 __all__ = ["Residual"]
@@ -50,7 +50,8 @@ class Residual(Connection):
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.placement = norm
-        self.post_norm = nn.LayerNorm(dim, eps=eps) if norm == "post" else None
+        eps = check_eps(eps)
+        self.post_norm = nn.LayerNorm(self.dim, eps=eps) if norm == "post" else None
 
     def forward(self, h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``(..., d) -> (..., d)``; extra arguments go to the branch."""

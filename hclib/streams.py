@@ -11,9 +11,13 @@ Derived in: notebooks/02_hyper_connections (streams), notebooks/05_frac_connecti
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
 __all__ = [
+    "as_int",
     "check_count",
     "expand_streams",
     "merge_fractions",
@@ -22,16 +26,48 @@ __all__ = [
 ]
 
 
+def as_int(value: object, name: str, expected: str = "an int") -> int:
+    """``value`` as a Python ``int`` if it is integer-like, else a ``TypeError``.
+
+    Integer-like: an ``int``, a NumPy integer, a 0-d integer tensor or array, or anything else
+    with ``__index__`` (PEP 357). Bools are refused (``True`` is not a count), and so are
+    floats, even whole ones (``4.0``), and tensors with more than one element.
+
+    Args:
+        value: what the caller was given.
+        name: its name in the error message, e.g. ``"n"``.
+        expected: what was expected, for the message (default ``"an int"``).
+    """
+    if isinstance(value, torch.Tensor):
+        integer = value.ndim == 0 and not value.is_floating_point() and not value.is_complex()
+        accepted = integer and value.dtype != torch.bool
+    elif isinstance(value, np.ndarray):
+        accepted = value.ndim == 0 and np.issubdtype(value.dtype, np.integer)
+    else:
+        accepted = not isinstance(value, (bool, np.bool_))
+    if accepted:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    shown = type(value).__name__
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        shown += f" of dtype {value.dtype} and shape {tuple(value.shape)}"
+    raise TypeError(f"{name} must be {expected}, got {shown}")
+
+
 def check_count(value: object, name: str, what: str) -> int:
-    """Return ``value`` if it is an ``int >= 1``, else raise a clear error.
+    """Return ``value`` as an ``int >= 1``, else raise a clear error.
+
+    Integer-like values (NumPy integers, 0-d integer tensors, anything with ``__index__``)
+    are accepted and converted; see :func:`as_int`.
 
     Args:
         value: the count to check (an expansion rate ``n`` or frac-rate ``m``).
         name: its symbol in the book, e.g. ``"n"``.
         what: what it counts, e.g. ``"streams"``.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int number of {what}, got {type(value).__name__}")
+    value = as_int(value, name, f"an int number of {what}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1 {what}, got {name}={value}")
     return value
