@@ -1181,10 +1181,11 @@ for name, model, recipe, W in MODELS:
 #
 # FSDP pays for the memory with communication: per step each GPU receives every parameter
 # twice (gathered for the forward pass, again for the backward pass) and sends its share of
-# every gradient once. In which dtype depends on the Lightning version: the version this book
-# pins hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the reduced
-# gradients under `bf16-mixed` (the cell below reads it from the installed Lightning; versions
-# 2.2 to 2.5 gathered float32 parameters instead, twice the bytes). With bfloat16 that is about
+# every gradient once. In which dtype depends on the Lightning version, which is why the cell
+# below reads it from the installed Lightning instead of stating it: the version this book is
+# run with hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the
+# reduced gradients under `bf16-mixed`; a version that gathered float32 parameters would move
+# twice the bytes for them. With bfloat16 that is about
 # $3 \times 2P$ bytes, against DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes
 # (each times $(W-1)/W$, for a ring). The counts are similar; what differs is when they happen.
 # FSDP's gathers sit on the critical path of every layer. DDP does not all-reduce once at the
