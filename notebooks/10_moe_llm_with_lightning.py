@@ -1109,11 +1109,11 @@ for name, devices, nodes, accumulate in SETUPS:
 #
 # **DDP** (distributed data parallel) gives every GPU a full copy of the model, the gradients
 # and the optimizer state, and averages the gradients across GPUs during every backward pass
-# (all-reduces of buckets of gradients, below). **FSDP** (fully sharded data parallel) splits parameters, gradients and
-# optimizer state into $W$ shards, one per GPU; before each unit of the model runs (here one
-# per connection, `auto_wrap_policy` in the recipe) the GPUs gather its full parameters, and
-# after the backward pass they reduce-scatter its gradients, so each GPU keeps only its shard
-# between uses.
+# (all-reduces of buckets of gradients, below). **FSDP** (fully sharded data parallel) splits
+# parameters, gradients and optimizer state into $W$ shards, one per GPU; before each unit of
+# the model runs (here one per connection, `auto_wrap_policy` in the recipe) the GPUs gather
+# its full parameters, and after the backward pass they reduce-scatter its gradients, so each
+# GPU keeps only its shard between uses.
 #
 # With `bf16-mixed` precision and AdamW, each parameter costs 16 bytes of *state*: its float32
 # value (4), its float32 gradient (4) and AdamW's two float32 moments (8). Under DDP every GPU
