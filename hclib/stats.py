@@ -422,9 +422,12 @@ def table_summary(records: Sequence[VerdictRecord], confidence: float = 0.95) ->
     return text
 
 
-def write_intro_table(intro: Path | str = INTRO, folder: Path | str | None = None) -> bool:
+def write_intro_table(
+    intro: Path | str = INTRO, folder: Path | str | None = None, check: bool = False
+) -> bool:
     """Replace the generated table of ``intro`` (between :data:`TABLE_START` and
-    :data:`TABLE_END`) with :func:`reproduction_table` of all records; True if it changed."""
+    :data:`TABLE_END`) with :func:`reproduction_table` of all records; True if it changed.
+    With ``check=True`` nothing is written: the return value says whether it would change."""
     intro = Path(intro)
     text = intro.read_text()
     if TABLE_START not in text or TABLE_END not in text:
@@ -434,7 +437,8 @@ def write_intro_table(intro: Path | str = INTRO, folder: Path | str | None = Non
     records = load_verdicts(folder)
     table = reproduction_table(records)
     new = f"{head}{TABLE_START}\n{table}\n\n{table_summary(records)}\n{TABLE_END}{tail}"
-    intro.write_text(new)
+    if not check:
+        intro.write_text(new)
     return new != text
 
 
@@ -443,8 +447,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m hclib.stats",
         description="Regenerate book/intro.md's reproduction table from results/verdicts/*.json",
     )
-    parser.parse_args(argv)
-    changed = write_intro_table()
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the table is out of date"
+    )
+    args = parser.parse_args(argv)
+    changed = write_intro_table(check=args.check)
+    if args.check and changed:
+        raise SystemExit(f"{INTRO}: the reproduction table is out of date: python -m hclib.stats")
     print(f"{INTRO}: {'updated' if changed else 'already up to date'}")
 
 

@@ -797,6 +797,11 @@ def kernel_resources() -> list[dict] | None:
 
 
 # %% tags=["nbval-check-output"]
+def flag(value: str) -> bool:
+    """A yes/no column of the CSV (written as True/False)."""
+    return value.strip().lower() in ("1", "true", "yes")
+
+
 compiled = kernel_resources()
 if compiled is None:
     print(
@@ -805,20 +810,27 @@ if compiled is None:
     )
 else:
     archs = sorted({r["arch"] for r in compiled})
-    print(f"{len(compiled)} compiled configurations for {', '.join(archs)}")
-    print(f"{'arch':8s} {'kernel':28s} {'configs':>7s} {'fit':>4s} {'spill':>5s} {'max regs':>8s}")
+    print(f"{len(compiled)} compiled configurations for sm_{', sm_'.join(archs)}")
+    header = f"{'arch':6s} {'kernel':30s} {'configs':>7s} {'usable':>6s} {'fit':>4s} {'spill':>5s}"
+    print(header + f" {'max regs':>8s} {'max smem KiB':>12s}")
     for arch in archs:
         for kernel in sorted({r["kernel"] for r in compiled if r["arch"] == arch}):
             rows = [r for r in compiled if r["arch"] == arch and r["kernel"] == kernel]
-            fit = sum(r["fits"].strip().lower() in ("1", "true") for r in rows)
-            spill = sum(int(float(r["spill_bytes"] or 0)) > 0 for r in rows)
-            regs = max(int(float(r["registers"] or 0)) for r in rows)
-            print(f"{arch:8s} {kernel:28s} {len(rows):7d} {fit:4d} {spill:5d} {regs:8d}")
+            usable = [r for r in rows if not flag(r["pruned"])]  # autotuning may pick these
+            fit = sum(flag(r["fits"]) for r in usable)
+            spill = sum(int(float(r["spill_bytes"] or 0)) > 0 for r in usable)
+            regs = max((int(float(r["registers"] or 0)) for r in usable), default=0)
+            smem = max((int(float(r["shared_bytes"] or 0)) for r in usable), default=0)
+            print(
+                f"sm_{arch:3s} {kernel:30s} {len(rows):7d} {len(usable):6d} {fit:4d} {spill:5d}"
+                f" {regs:8d} {smem / 1024:12.1f}"
+            )
 
 # %% [markdown]
 # Per architecture and kernel, the table counts the compiled configurations (tile sizes for each
-# $n$, $d$ and dtype), how many fit the chip's limits, how many spill registers to memory, and the
-# most registers a thread needs.
+# $n$, $d$ and dtype), those that autotuning may pick (not pruned for their shape), how many of
+# these fit the chip's limits and how many spill registers to memory, and the most registers a
+# thread and the most shared memory a program needs among them.
 #
 # ### On a GPU: the benchmark
 #

@@ -1108,12 +1108,12 @@ for name, devices, nodes, accumulate in SETUPS:
 # ### Memory per GPU: DDP against FSDP
 #
 # **DDP** (distributed data parallel) gives every GPU a full copy of the model, the gradients
-# and the optimizer state, and averages the gradients across GPUs after every backward pass
-# (an all-reduce). **FSDP** (fully sharded data parallel) splits parameters, gradients and
-# optimizer state into $W$ shards, one per GPU; before each unit of the model runs (here one
-# per connection, `auto_wrap_policy` in the recipe) the GPUs gather its full parameters, and
-# after the backward pass they reduce-scatter its gradients, so each GPU keeps only its shard
-# between uses.
+# and the optimizer state, and averages the gradients across GPUs during every backward pass
+# (all-reduces of buckets of gradients, below). **FSDP** (fully sharded data parallel) splits
+# parameters, gradients and optimizer state into $W$ shards, one per GPU; before each unit of
+# the model runs (here one per connection, `auto_wrap_policy` in the recipe) the GPUs gather
+# its full parameters, and after the backward pass they reduce-scatter its gradients, so each
+# GPU keeps only its shard between uses.
 #
 # With `bf16-mixed` precision and AdamW, each parameter costs 16 bytes of *state*: its float32
 # value (4), its float32 gradient (4) and AdamW's two float32 moments (8). Under DDP every GPU
@@ -1181,10 +1181,11 @@ for name, model, recipe, W in MODELS:
 #
 # FSDP pays for the memory with communication: per step each GPU receives every parameter
 # twice (gathered for the forward pass, again for the backward pass) and sends its share of
-# every gradient once. In which dtype depends on the Lightning version: the version this book
-# pins hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the reduced
-# gradients under `bf16-mixed` (the cell below reads it from the installed Lightning; versions
-# 2.2 to 2.5 gathered float32 parameters instead, twice the bytes). With bfloat16 that is about
+# every gradient once. In which dtype depends on the Lightning version, which is why the cell
+# below reads it from the installed Lightning instead of stating it: the version this book is
+# run with hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the
+# reduced gradients under `bf16-mixed`; a version that gathered float32 parameters would move
+# twice the bytes for them. With bfloat16 that is about
 # $3 \times 2P$ bytes, against DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes
 # (each times $(W-1)/W$, for a ring). The counts are similar; what differs is when they happen.
 # FSDP's gathers sit on the critical path of every layer. DDP does not all-reduce once at the
@@ -1270,12 +1271,18 @@ for name, model, _, W in MODELS:
 #   nearly all tokens to one expert around the end of the warmup and then spreads its load
 #   again; the load-balancing loss, which stays near 1 while the router's probabilities are
 #   nearly uniform, hardly shows it, so read the loads. The connection changes little.
+# - Top-k routing is a dispatch (sort the $N k$ token-expert assignments by expert, one block of
+#   tokens per expert) and a combine (weight each expert's outputs and add them back into their
+#   tokens' rows); a dozen lines from scratch equal `hclib.models.moe.MoE`.
 # - At the default size none of the papers' MoE claims can be judged: the effects they report
-#   are no larger than the spread of two seeds. The full-size runs on one GPU are the test; the
-#   chapter loads them from `results/` when they are committed.
+#   are no larger than the spread of two seeds. The comparison is at equal shape, not equal
+#   active parameters, and mHC has about a fifth more of them at this width. The full-size runs
+#   on one GPU are the test; the chapter loads them from `results/` when they are committed.
 # - On a cluster, the global batch is micro-batch × devices × nodes × accumulation (in hclib,
 #   `data.batch_size` is already global); DDP keeps 16 bytes of state per parameter on every
-#   GPU, FSDP one $W$-th of that, and neither shrinks the activations, for which recomputation
+#   GPU and all-reduces its gradients in buckets that overlap the backward pass, FSDP keeps one
+#   $W$-th of the state and gathers each unit's parameters before it runs (in the dtypes the
+#   installed Lightning chooses), and neither shrinks the activations, for which recomputation
 #   is the tool.
 
 # %% [markdown]

@@ -219,3 +219,6 @@ def test_write_intro_table_replaces_only_the_marked_table(tmp_path):
     text = intro.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert not write_intro_table(intro, tmp_path / "v")  # a second run changes nothing
+    write_verdicts([_record(verdict=YES)], "08_toy_models", tmp_path / "v")
+    assert write_intro_table(intro, tmp_path / "v", check=True)  # out of date...
+    assert intro.read_text() == text  # ...and left as it was
