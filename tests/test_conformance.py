@@ -154,18 +154,22 @@ PEERS = [
     "lucidrains FC (num_fracs)",
     "lucidrains mHC",
     "DeepSeek-V4 HyperConnection",
+    "Liger-Kernel LigerMHC",
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PEERS)
 def test_peer_computes_hclibs_function_once_its_deviations_are_neutralised(name):
-    rows = conf.run_ladder(_peer(name))
+    peer = _peer(name)
+    rows = conf.run_ladder(peer)
     for case in {(r["k"], r["d"], r["depth"]) for r in rows}:
         ladder = [r for r in rows if (r["k"], r["d"], r["depth"]) == case]
-        assert ladder[0]["step"] == "as installed" and ladder[0]["out_diff"] > 1e-9, ladder[0]
-        assert ladder[-1]["out_diff"] < 1e-12, ladder[-1]
-        assert ladder[-1]["grad_diff"] < 1e-11, ladder[-1]
+        assert ladder[0]["step"] == "as installed", ladder[0]
+        assert ladder[0]["out_diff"] > 10 * max(ladder[-1]["out_diff"], peer.floor / 100)
+        # float64 rounding (or float32 for a float32-only kernel) is all that is left
+        assert ladder[-1]["out_diff"] < peer.floor, ladder[-1]
+        assert ladder[-1]["grad_diff"] < 10 * peer.floor, ladder[-1]
 
 
 @pytest.mark.slow
