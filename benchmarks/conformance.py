@@ -426,12 +426,13 @@ class _FlatRMSNorm(nn.Module):
     """lucidrains' norm, but over all streams at once (mHC Eq. 7's RMSNorm of ``vec(x)``):
     ``x / rms(x over (n, d)) * (1 + gamma)``, without epsilon."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, dims: tuple[int, ...] = (-2, -1)) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(d))
+        self.dims = dims  # the stream and feature dimensions of the peer's normed tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ms = x.pow(2).mean(dim=(-2, -1), keepdim=True)  # over streams and features
+        ms = x.pow(2).mean(dim=self.dims, keepdim=True)  # over streams and features
         return x * torch.rsqrt(ms) * (self.gamma + 1)
 
 
@@ -470,8 +471,14 @@ def _paper_order_sinkhorn(logits: torch.Tensor, iters: int = 20) -> torch.Tensor
     return hclib.sinkhorn_knopp(logits.transpose(-1, -2), iters).transpose(-1, -2)
 
 
-def _build_lucid_mhc(case: dict, done: set[str], seed: int) -> list[Pair]:
-    from hyper_connections import ManifoldConstrainedHyperConnections
+def _build_lucid_mhc(case: dict, done: set[str], seed: int, v2: bool = False) -> list[Pair]:
+    """lucidrains' mHC (``v2``: the module ``hyper_connections.mHCv2``, which keeps the streams
+    beside the features, ``(B, T, n, d)``, and stores ``beta`` as ``(n, 1, 1)`` and
+    ``(d, 1)``; the same equations otherwise)."""
+    if v2:
+        from hyper_connections.mHCv2 import ManifoldConstrainedHyperConnections
+    else:
+        from hyper_connections import ManifoldConstrainedHyperConnections
 
     n, d, depth = case["k"], case["d"], case["depth"]
     g = torch.Generator().manual_seed(seed)
@@ -499,14 +506,18 @@ def _build_lucid_mhc(case: dict, done: set[str], seed: int) -> list[Pair]:
         peer_mod = ManifoldConstrainedHyperConnections(
             n, dim=d, branch=branch, layer_index=layer_id, sinkhorn_iters=20, **kwargs
         )
-        if "norm" in done:
-            peer_mod.norm = _FlatRMSNorm(d)
+        if "norm" in done:  # v1 norms (B, T, 1, n, d), v2 (B, T, n, 1, d)
+            peer_mod.norm = _FlatRMSNorm(d, (-3, -2, -1) if v2 else (-2, -1))
         peer_mod = peer_mod.to(DTYPE)
         ours_mod = hclib.ManifoldHyperConnection(
             d, branch, n=n, layer_id=layer_id, eps=0.0 if "norm" in done else 1e-6, impl="torch"
         ).to(DTYPE)
 
-        def peer(lv, H, peer_mod=peer_mod, n=n):
+        def peer(lv, H, peer_mod=peer_mod, n=n, d=d):
+            if v2:
+                beta = {"static_beta": lv["static_beta"].view(n, 1, 1)}
+                beta["dynamic_beta_fn"] = lv["dynamic_beta_fn"].view(d, 1)
+                return functional_call(peer_mod, {**lv, **beta}, (H,))
             out = functional_call(peer_mod, lv, (_streams_to_lucid(H),))
             return _streams_from_lucid(out, n)
 
@@ -738,6 +749,32 @@ def peers(quick: bool = False) -> list[Peer]:
                 fp64,
             ],
             _build_lucid_mhc,
+            _cases("mhc", quick),
+            "mhc",
+            _fp64_context,
+        ),
+        Peer(
+            "lucidrains mHCv2",
+            "hyper-connections",
+            "ManifoldHyperConnection",
+            [
+                Step(
+                    "norm",
+                    "RMSNorm over all n streams at once (the peer normalises each stream), "
+                    "epsilon 0",
+                    "mHC Eq. 7 (RMSNorm(vec(x_l)), projection of the flattened nC vector)",
+                    "hclib",
+                ),
+                Step(
+                    "sinkhorn",
+                    "Sinkhorn order on H_res: columns then rows, rows last (the peer normalises "
+                    "rows of H_res first and columns last)",
+                    "mHC Eq. 9 (M <- T_r(T_c(M)))",
+                    "hclib",
+                ),
+                fp64,
+            ],
+            lambda case, done, seed: _build_lucid_mhc(case, done, seed, v2=True),
             _cases("mhc", quick),
             "mhc",
             _fp64_context,
@@ -1113,6 +1150,15 @@ def init_rows(depth: int = 6, d: int = 16, k: int = 4, seed: int = 0) -> list[di
                 lucid(ManifoldConstrainedHyperConnections),
             ),
         ]
+        from hyper_connections.mHCv2 import ManifoldConstrainedHyperConnections as MHCv2
+
+        def lucid_v2():  # streams beside the features: (B, T, n, d)
+            H = hclib.expand_streams(h, k)
+            for i, T in enumerate(branches):
+                H = MHCv2(k, dim=d, branch=T, layer_index=i).to(DTYPE)(H)
+            return hclib.reduce_streams(H)
+
+        nets.append(("lucidrains mHCv2", "hyper-connections", lucid_v2))
     if _importable("transformers"):
         from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
             DeepseekV4HyperConnection,

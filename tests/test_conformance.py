@@ -153,6 +153,7 @@ PEERS = [
     "lucidrains HC",
     "lucidrains FC (num_fracs)",
     "lucidrains mHC",
+    "lucidrains mHCv2",
     "DeepSeek-V4 HyperConnection",
     "Liger-Kernel LigerMHC",
 ]
