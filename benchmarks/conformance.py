@@ -53,8 +53,8 @@ Params = dict[str, torch.Tensor]
 DTYPE = torch.float64
 #: standard deviations of the random Sinkhorn logits
 SINKHORN_SCALES = (1.0, 5.0, 20.0)
-#: Liger-Kernel's kernel runs in Triton's interpreter on the CPU: the first 8 of the 64 matrices
-LIGER_MATRICES = 8
+#: random logit matrices per size and scale (``--quick``: the first 8)
+SINKHORN_MATRICES = 64
 
 # --------------------------------------------------------------------------------------------
 # The machinery: two functions of one set of leaf parameters, compared output and gradients.
@@ -1005,12 +1005,12 @@ def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
     if _importable("liger-kernel"):
         impls += [
             (
-                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=1e-6 (*)",
+                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=1e-6",
                 "liger-kernel",
                 lambda L: _liger_sinkhorn(L, 20, 1e-6),
             ),
             (
-                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=0, on L^T, transposed (*)",
+                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=0, on L^T, transposed",
                 "liger-kernel",
                 lambda L: _liger_sinkhorn(L.mT, 20, 0.0).mT,
             ),
@@ -1039,8 +1039,8 @@ def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
         g = torch.Generator().manual_seed(seed)  # the same logits for every implementation
         for n in sizes:
             for scale in scales:
-                L = torch.randn(64, n, n, generator=g, dtype=torch.float64) * scale
-                L = L[:LIGER_MATRICES] if package == "liger-kernel" else L  # interpreted: slow
+                L = torch.randn(SINKHORN_MATRICES, n, n, generator=g, dtype=torch.float64) * scale
+                L = L[:8] if quick else L
                 P = fn(L).to(torch.float64)
                 ref = log_sinkhorn(L, 20)
                 limit = log_sinkhorn(L, 5000)
@@ -1315,8 +1315,8 @@ def markdown(ladder: list[dict], sinkhorn: list[dict], init: list[dict], skipped
         "",
         "Largest absolute difference from the exact float64 log-domain iteration of mHC Eq. 9 "
         "with the same 20 rounds, per logit scale s, and from the converged doubly stochastic "
-        "limit (5000 rounds); largest row-sum and column-sum errors |sum - 1|. 64 matrices "
-        f"per size n in {{2, 4, 8}} and scale; (*): the first {LIGER_MATRICES} of them.",
+        f"limit (5000 rounds); largest row-sum and column-sum errors |sum - 1|. "
+        f"{SINKHORN_MATRICES} matrices per size n in {{2, 4, 8}} and scale s.",
         "",
         "| implementation | version | "
         + " | ".join(f"vs exact, s = {s:g}" for s in SINKHORN_SCALES)
