@@ -12,8 +12,9 @@ each step, the equation the step concerns and which side follows the paper. It a
 and checks which implementations start, at their own initialisation, from the Pre-Norm network.
 
 Peers (the ``conformance`` extra): lucidrains' ``hyper-connections`` (HC; FC through
-``num_fracs``; mHC), the DeepSeek-V4 ``DeepseekV4HyperConnection`` of ``transformers``, POT and
-``mhc``. Each missing peer is skipped with a line that says so.
+``num_fracs``; mHC), the DeepSeek-V4 ``DeepseekV4HyperConnection`` of ``transformers``,
+Liger-Kernel's ``LigerMHC`` (float32 Triton kernels; in Triton's interpreter without a GPU), POT
+and ``mhc``. Each missing peer is skipped with a line that says so.
 
     python benchmarks/conformance.py            # prints the tables, writes results/<date>-cpu/
     python benchmarks/conformance.py --out /tmp/c --quick
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import importlib.metadata
 import math
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -39,13 +42,19 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import hclib
-from hclib.book import results_dir
+if not torch.cuda.is_available():  # Liger-Kernel's Triton kernels then run in the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import hclib  # noqa: E402
+import hclib.manifold  # noqa: E402
+from hclib.book import results_dir  # noqa: E402
 
 Params = dict[str, torch.Tensor]
 DTYPE = torch.float64
 #: standard deviations of the random Sinkhorn logits
 SINKHORN_SCALES = (1.0, 5.0, 20.0)
+#: random logit matrices per size and scale (``--quick``: the first 8)
+SINKHORN_MATRICES = 64
 
 # --------------------------------------------------------------------------------------------
 # The machinery: two functions of one set of leaf parameters, compared output and gradients.
@@ -316,6 +325,8 @@ class Peer:
     context: Callable[[set[str]], contextlib.AbstractContextManager] = lambda done: (
         contextlib.nullcontext()
     )
+    #: what is left after the last step: float64 rounding, or float32 for float32-only kernels
+    floor: float = 1e-12
 
 
 def version(package: str) -> str | None:
@@ -415,12 +426,13 @@ class _FlatRMSNorm(nn.Module):
     """lucidrains' norm, but over all streams at once (mHC Eq. 7's RMSNorm of ``vec(x)``):
     ``x / rms(x over (n, d)) * (1 + gamma)``, without epsilon."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, dims: tuple[int, ...] = (-2, -1)) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(d))
+        self.dims = dims  # the stream and feature dimensions of the peer's normed tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ms = x.pow(2).mean(dim=(-2, -1), keepdim=True)  # over streams and features
+        ms = x.pow(2).mean(dim=self.dims, keepdim=True)  # over streams and features
         return x * torch.rsqrt(ms) * (self.gamma + 1)
 
 
@@ -459,8 +471,14 @@ def _paper_order_sinkhorn(logits: torch.Tensor, iters: int = 20) -> torch.Tensor
     return hclib.sinkhorn_knopp(logits.transpose(-1, -2), iters).transpose(-1, -2)
 
 
-def _build_lucid_mhc(case: dict, done: set[str], seed: int) -> list[Pair]:
-    from hyper_connections import ManifoldConstrainedHyperConnections
+def _build_lucid_mhc(case: dict, done: set[str], seed: int, v2: bool = False) -> list[Pair]:
+    """lucidrains' mHC (``v2``: the module ``hyper_connections.mHCv2``, which keeps the streams
+    beside the features, ``(B, T, n, d)``, and stores ``beta`` as ``(n, 1, 1)`` and
+    ``(d, 1)``; the same equations otherwise)."""
+    if v2:
+        from hyper_connections.mHCv2 import ManifoldConstrainedHyperConnections
+    else:
+        from hyper_connections import ManifoldConstrainedHyperConnections
 
     n, d, depth = case["k"], case["d"], case["depth"]
     g = torch.Generator().manual_seed(seed)
@@ -488,14 +506,18 @@ def _build_lucid_mhc(case: dict, done: set[str], seed: int) -> list[Pair]:
         peer_mod = ManifoldConstrainedHyperConnections(
             n, dim=d, branch=branch, layer_index=layer_id, sinkhorn_iters=20, **kwargs
         )
-        if "norm" in done:
-            peer_mod.norm = _FlatRMSNorm(d)
+        if "norm" in done:  # v1 norms (B, T, 1, n, d), v2 (B, T, n, 1, d)
+            peer_mod.norm = _FlatRMSNorm(d, (-3, -2, -1) if v2 else (-2, -1))
         peer_mod = peer_mod.to(DTYPE)
         ours_mod = hclib.ManifoldHyperConnection(
             d, branch, n=n, layer_id=layer_id, eps=0.0 if "norm" in done else 1e-6, impl="torch"
         ).to(DTYPE)
 
-        def peer(lv, H, peer_mod=peer_mod, n=n):
+        def peer(lv, H, peer_mod=peer_mod, n=n, d=d):
+            if v2:
+                beta = {"static_beta": lv["static_beta"].view(n, 1, 1)}
+                beta["dynamic_beta_fn"] = lv["dynamic_beta_fn"].view(d, 1)
+                return functional_call(peer_mod, {**lv, **beta}, (H,))
             out = functional_call(peer_mod, lv, (_streams_to_lucid(H),))
             return _streams_from_lucid(out, n)
 
@@ -570,6 +592,75 @@ def _build_dsv4(case: dict, done: set[str], seed: int) -> list[Pair]:
 
         stack.append(Pair(leaves, peer, ours))
     return stack
+
+
+def _build_liger(case: dict, done: set[str], seed: int) -> list[Pair]:
+    from liger_kernel.transformers.mhc import LigerMHC
+
+    n, d, depth = case["k"], case["d"], case["depth"]
+    g = torch.Generator().manual_seed(seed)
+    eps = 0.0 if "sinkhorn_eps" in done else 1e-6
+    stack = []
+    for i in range(depth):
+        layer_id = case.get("layer0", 0) + i
+        branch = make_branch(d, g)
+        ours_mod = hclib.ManifoldHyperConnection(
+            d, branch, n=n, layer_id=layer_id, eps=1e-6, impl="torch"
+        ).to(DTYPE)
+        leaves = {
+            "phi": _randn(g, n * d, n * n + 2 * n, std=1 / math.sqrt(n * d)),
+            "bias": torch.cat([_randn(g, 2 * n, std=0.5), _randn(g, n * n, std=2.0)]),
+            "alpha_pre": 0.5 + _randn(g, 1, std=0.1),
+            "alpha_post": 0.5 + _randn(g, 1, std=0.1),
+            "alpha_res": 0.5 + _randn(g, 1, std=0.1),
+        }
+        peer_mod = LigerMHC(
+            copy.deepcopy(branch).float(),
+            hc=n,
+            c=d,
+            tmax=20,
+            rms_eps=1e-6,
+            sinkhorn_eps=eps,
+            phi_dtype=torch.float32,
+            allow_fp32=True,
+        )
+
+        def peer(lv, H, peer_mod=peer_mod):
+            params = {
+                "phi": lv["phi"].float(),
+                "b": lv["bias"].float(),
+                **{a: lv[a].float().reshape(()) for a in ("alpha_pre", "alpha_post", "alpha_res")},
+            }
+            return functional_call(peer_mod, params, (H.float(),)).to(H.dtype)
+
+        def ours(lv, H, ours_mod=ours_mod):
+            return _hclib_call(ours_mod, lv, H)
+
+        stack.append(Pair(leaves, peer, ours))
+    return stack
+
+
+def _rows_last_first(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """The Sinkhorn iteration with rows normalised first and columns last (Liger-Kernel's
+    order): mHC Eq. 9 on the transpose, transposed back."""
+    return _original_sinkhorn(logits.transpose(-1, -2), iters).transpose(-1, -2)
+
+
+_original_sinkhorn = hclib.manifold.sinkhorn_knopp
+
+
+@contextlib.contextmanager
+def _liger_context_manager(done: set[str]) -> Iterator[None]:
+    """With ``"order"`` neutralised, hclib's mHC uses the peer's Sinkhorn order for the
+    duration (the peer's kernel cannot be changed; hclib's module is left as it is)."""
+    if "order" not in done:
+        yield
+        return
+    hclib.manifold.sinkhorn_knopp = _rows_last_first
+    try:
+        yield
+    finally:
+        hclib.manifold.sinkhorn_knopp = _original_sinkhorn
 
 
 def _fp64_context(done: set[str]) -> contextlib.AbstractContextManager:
@@ -663,6 +754,32 @@ def peers(quick: bool = False) -> list[Peer]:
             _fp64_context,
         ),
         Peer(
+            "lucidrains mHCv2",
+            "hyper-connections",
+            "ManifoldHyperConnection",
+            [
+                Step(
+                    "norm",
+                    "RMSNorm over all n streams at once (the peer normalises each stream), "
+                    "epsilon 0",
+                    "mHC Eq. 7 (RMSNorm(vec(x_l)), projection of the flattened nC vector)",
+                    "hclib",
+                ),
+                Step(
+                    "sinkhorn",
+                    "Sinkhorn order on H_res: columns then rows, rows last (the peer normalises "
+                    "rows of H_res first and columns last)",
+                    "mHC Eq. 9 (M <- T_r(T_c(M)))",
+                    "hclib",
+                ),
+                fp64,
+            ],
+            lambda case, done, seed: _build_lucid_mhc(case, done, seed, v2=True),
+            _cases("mhc", quick),
+            "mhc",
+            _fp64_context,
+        ),
+        Peer(
             "DeepSeek-V4 HyperConnection",
             "transformers",
             "ManifoldHyperConnection",
@@ -681,6 +798,33 @@ def peers(quick: bool = False) -> list[Peer]:
             "mhc",
             _fp64_context,
         ),
+        Peer(
+            "Liger-Kernel LigerMHC",
+            "liger-kernel",
+            "ManifoldHyperConnection",
+            [
+                Step(
+                    "sinkhorn_eps",
+                    "sinkhorn_eps = 0 (the peer adds 1e-6 to the softmax output and to every "
+                    "Sinkhorn denominator)",
+                    "mHC Eq. 9 (exact normalisations)",
+                    "hclib",
+                ),
+                Step(
+                    "order",
+                    "Sinkhorn order: hclib made to normalise rows first and columns last, as "
+                    "the peer's kernel does (the paper: columns first, rows last); the rest is "
+                    "the float32 of the peer's kernels, which cannot be switched off",
+                    "mHC Eq. 9 (M <- T_r(T_c(M)))",
+                    "hclib",
+                ),
+            ],
+            _build_liger,
+            [c for c in _cases("mhc", quick) if c["k"] & (c["k"] - 1) == 0],  # Triton: n = 2^j
+            "mhc",
+            _liger_context_manager,
+            floor=1e-5,
+        ),
     ]
 
 
@@ -691,6 +835,8 @@ def _peer_available(peer: Peer) -> str | None:
             import hyper_connections  # noqa: F401
         elif peer.package == "transformers":
             from transformers.models.deepseek_v4 import modeling_deepseek_v4  # noqa: F401
+        elif peer.package == "liger-kernel":
+            from liger_kernel.transformers.mhc import LigerMHC  # noqa: F401
     except ImportError as err:
         return f"not installed ({err})"
     return None
@@ -786,6 +932,30 @@ def _dsv4_sinkhorn(logits: torch.Tensor, iters: int, hc_eps: float) -> torch.Ten
     return torch.stack(out).view(logits.shape)
 
 
+def _liger_sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """Liger-Kernel's in-kernel Sinkhorn on ``H_res`` (its ``h_res`` mixes as ``H_res x``):
+    ``liger_mhc_coeffs`` with ``phi = 0`` and the logits as the bias, one matrix at a time."""
+    from liger_kernel.transformers.functional import liger_mhc_coeffs
+
+    *_, n, _ = logits.shape
+    x = torch.ones(1, n, 4)
+    phi = torch.zeros(n * 4, n * n + 2 * n)
+    one = torch.ones(())
+    out = []
+    for L in logits.reshape(-1, n, n):
+        b = torch.cat([torch.zeros(2 * n), L.reshape(-1).float()])
+        _, _, res = liger_mhc_coeffs(
+            x, phi, b, one, one, one, allow_fp32=True, tmax=iters, sinkhorn_eps=eps
+        )
+        out.append(res[0].double())
+    return torch.stack(out).view(logits.shape)
+
+
+def _importable(package: str) -> bool:
+    """Whether the peer of that distribution imports (see :func:`_peer_available`)."""
+    return _peer_available(Peer("", package, "", [], None, [], "")) is None
+
+
 def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
     """For logits of several sizes and scales, each Sinkhorn implementation against the exact
     log-domain iteration with the same number of rounds (t = 20) and against the converged
@@ -819,10 +989,7 @@ def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
                 lambda L: mc.log_domain_sinkhorn_knopps(L, 20),
             ),
         ]
-    if (
-        version("transformers")
-        and _peer_available(Peer("", "transformers", "", [], None, [], "")) is None
-    ):
+    if _importable("transformers"):
         impls += [
             (
                 "DeepSeek-V4 in-module Sinkhorn, hc_eps=1e-6",
@@ -833,6 +1000,19 @@ def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
                 "DeepSeek-V4 in-module Sinkhorn, hc_eps=0",
                 "transformers",
                 lambda L: _dsv4_sinkhorn(L, 20, 0.0),
+            ),
+        ]
+    if _importable("liger-kernel"):
+        impls += [
+            (
+                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=1e-6",
+                "liger-kernel",
+                lambda L: _liger_sinkhorn(L, 20, 1e-6),
+            ),
+            (
+                "Liger-Kernel in-kernel Sinkhorn (float32), sinkhorn_eps=0, on L^T, transposed",
+                "liger-kernel",
+                lambda L: _liger_sinkhorn(L.mT, 20, 0.0).mT,
             ),
         ]
     if version("mhc"):
@@ -859,7 +1039,8 @@ def sinkhorn_rows(seed: int = 0, quick: bool = False) -> list[dict]:
         g = torch.Generator().manual_seed(seed)  # the same logits for every implementation
         for n in sizes:
             for scale in scales:
-                L = torch.randn(64, n, n, generator=g, dtype=torch.float64) * scale
+                L = torch.randn(SINKHORN_MATRICES, n, n, generator=g, dtype=torch.float64) * scale
+                L = L[:8] if quick else L
                 P = fn(L).to(torch.float64)
                 ref = log_sinkhorn(L, 20)
                 limit = log_sinkhorn(L, 5000)
@@ -969,7 +1150,16 @@ def init_rows(depth: int = 6, d: int = 16, k: int = 4, seed: int = 0) -> list[di
                 lucid(ManifoldConstrainedHyperConnections),
             ),
         ]
-    if _peer_available(Peer("", "transformers", "", [], None, [], "")) is None:
+        from hyper_connections.mHCv2 import ManifoldConstrainedHyperConnections as MHCv2
+
+        def lucid_v2():  # streams beside the features: (B, T, n, d)
+            H = hclib.expand_streams(h, k)
+            for i, T in enumerate(branches):
+                H = MHCv2(k, dim=d, branch=T, layer_index=i).to(DTYPE)(H)
+            return hclib.reduce_streams(H)
+
+        nets.append(("lucidrains mHCv2", "hyper-connections", lucid_v2))
+    if _importable("transformers"):
         from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
             DeepseekV4HyperConnection,
             DeepseekV4HyperHead,
@@ -996,6 +1186,19 @@ def init_rows(depth: int = 6, d: int = 16, k: int = 4, seed: int = 0) -> list[di
                 return head(H)
 
         nets.append(("DeepSeek-V4 HyperConnection (+ HyperHead)", "transformers", dsv4))
+    if _importable("liger-kernel"):
+        from liger_kernel.transformers.mhc import LigerMHC
+
+        def liger():
+            torch.manual_seed(seed + 6)  # LigerMHC draws its phi from the global generator
+            H = hclib.expand_streams(h.float(), k)
+            for T in branches:
+                layer = copy.deepcopy(T).float()
+                m = LigerMHC(layer, hc=k, c=d, phi_dtype=torch.float32, allow_fp32=True)
+                H = m(H)
+            return hclib.reduce_streams(H).double()
+
+        nets.append(("Liger-Kernel LigerMHC (float32 kernels)", "liger-kernel", liger))
     rows = []
     for name, package, run in nets:
         with torch.no_grad():
@@ -1112,7 +1315,8 @@ def markdown(ladder: list[dict], sinkhorn: list[dict], init: list[dict], skipped
         "",
         "Largest absolute difference from the exact float64 log-domain iteration of mHC Eq. 9 "
         "with the same 20 rounds, per logit scale s, and from the converged doubly stochastic "
-        "limit (5000 rounds); largest row-sum and column-sum errors |sum - 1|.",
+        f"limit (5000 rounds); largest row-sum and column-sum errors |sum - 1|. "
+        f"{SINKHORN_MATRICES} matrices per size n in {{2, 4, 8}} and scale s.",
         "",
         "| implementation | version | "
         + " | ".join(f"vs exact, s = {s:g}" for s in SINKHORN_SCALES)

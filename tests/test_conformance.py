@@ -153,19 +153,24 @@ PEERS = [
     "lucidrains HC",
     "lucidrains FC (num_fracs)",
     "lucidrains mHC",
+    "lucidrains mHCv2",
     "DeepSeek-V4 HyperConnection",
+    "Liger-Kernel LigerMHC",
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PEERS)
 def test_peer_computes_hclibs_function_once_its_deviations_are_neutralised(name):
-    rows = conf.run_ladder(_peer(name))
+    peer = _peer(name)
+    rows = conf.run_ladder(peer)
     for case in {(r["k"], r["d"], r["depth"]) for r in rows}:
         ladder = [r for r in rows if (r["k"], r["d"], r["depth"]) == case]
-        assert ladder[0]["step"] == "as installed" and ladder[0]["out_diff"] > 1e-9, ladder[0]
-        assert ladder[-1]["out_diff"] < 1e-12, ladder[-1]
-        assert ladder[-1]["grad_diff"] < 1e-11, ladder[-1]
+        assert ladder[0]["step"] == "as installed", ladder[0]
+        assert ladder[0]["out_diff"] > 10 * max(ladder[-1]["out_diff"], peer.floor / 100)
+        # float64 rounding (or float32 for a float32-only kernel) is all that is left
+        assert ladder[-1]["out_diff"] < peer.floor, ladder[-1]
+        assert ladder[-1]["grad_diff"] < 10 * peer.floor, ladder[-1]
 
 
 @pytest.mark.slow
@@ -186,3 +191,20 @@ def test_appendix_includes_the_committed_table_with_every_peer_and_its_version()
         assert f"| {name} |" in text, f"{name} is missing from {table}"
     rows = list(csv.DictReader((table.with_suffix(".csv")).open()))
     assert rows and all(r["version"] for r in rows), "every row names the version it measured"
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_lucid_fc_mapping_interleaves_read_out_and_residual_columns_per_fraction(m):
+    w = 3
+    lv = conf._hc_leaves("fc", m, w, 0, torch.Generator().manual_seed(m))
+    out = conf._lucid_hc_params("fc", lv, m)
+    pairs = out["static_alpha"].view(m, m, 2)  # (source, target, [read-out | residual])
+    assert torch.equal(pairs[..., 0], lv["static_alpha"][:, :m])  # Y
+    assert torch.equal(pairs[..., 1], lv["static_alpha"][:, m:])  # A
+    dyn = out["dynamic_alpha_fn"].view(w, m, 2)
+    assert torch.equal(dyn[..., 0], lv["dynamic_alpha"][:, :m])
+    assert torch.equal(dyn[..., 1], lv["dynamic_alpha"][:, m:])
+    # one W_beta column per target fraction, all tied to FC's single W_beta
+    assert out["dynamic_beta_fn"].shape == (w, m)
+    assert all(torch.equal(c, lv["dynamic_beta"]) for c in out["dynamic_beta_fn"].unbind(-1))
+    assert torch.equal(out["norm.gamma"] + 1.0, lv["norm_gain"])
