@@ -124,6 +124,7 @@ def block(dim):
     return nn.Sequential(nn.Linear(dim, dim), nn.GELU())
 
 
+# %%
 # a teacher network's 8-class labels on 16-d Gaussian inputs; more examples for longer runs
 data = make_toy_data(n_train=scaled(small=8192, full=65536))
 x_probe, y_probe = data.x_val[:256], data.y_val[:256]  # one fixed batch for all measurements

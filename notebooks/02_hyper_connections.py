@@ -140,9 +140,9 @@ print("expand_streams / reduce_streams match the from-scratch lines:", True)
 # one layer fit in one small matrix ({numref}`fig-02-layer`, right), the *HC matrix*, in the
 # same colours.
 
-# %% tags=["remove-output"]
+# %% tags=["remove-output", "hide-input"]
 fig, axes = plt.subplots(
-    1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2.3, 1]}, layout="constrained"
+    1, 2, figsize=(9.5, 3.3), gridspec_kw={"width_ratios": [2.3, 1]}, layout="constrained"
 )
 draw_hc_layer(3, axes[0])
 draw_hc_matrix(3, axes[1])

@@ -93,9 +93,10 @@ F64 = torch.float64
 # ## The dynamic weights, written out
 #
 # A static HC layer with $n$ streams is the $(n+1)\times(n+1)$ matrix
-# $\begin{pmatrix} 0 & B \\ A_m & A_r \end{pmatrix}$ (HC Eq. 1): $A_m \in \mathbb{R}^{n\times 1}$
-# says how the branch input is read out of the streams, $B \in \mathbb{R}^{1\times n}$ how the
-# branch output is written back, and $A_r \in \mathbb{R}^{n\times n}$ how the streams are mixed.
+# $\begin{pmatrix} 0 & B \\ A_m & A_r \end{pmatrix}$ (HC Eq. 1, drawn in {numref}`fig-02-layer`):
+# $A_m \in \mathbb{R}^{n\times 1}$ says how the branch input is read out of the streams,
+# $B \in \mathbb{R}^{1\times n}$ how the branch output is written back, and
+# $A_r \in \mathbb{R}^{n\times n}$ how the streams are mixed.
 # Dynamic HC keeps these as a *static part* and adds a term computed from the token's own
 # streams $H \in \mathbb{R}^{n\times d}$:
 #
@@ -442,48 +443,51 @@ print("every two streams entering this layer: mean cosine above 0.8:", bool(stre
 # layers, the distribution of the *dynamic part* of every entry. The dashed lines are
 # $\pm|s|$, the bound that the `tanh` enforces.
 
+
+# %%
+def dynamic_parts(layer, pre, post, res):
+    """The input-dependent part of each matrix, (tokens, entries) each, with entry labels."""
+    static_alpha, static_beta = layer.static_alpha.detach(), layer.static_beta.detach()
+    n = static_beta.shape[0]
+    streams = [f"{i}" for i in range(n)]
+    return {
+        "$A_m$": (pre - static_alpha[:, 0], streams),
+        "$B$": (post - static_beta, streams),
+        "$A_r$": (
+            (res.transpose(-1, -2) - static_alpha[:, 1:]).flatten(1),
+            [f"{i}{j}" for i in range(n) for j in range(n)],
+        ),
+    }
+
+
+def spread_box(ax, values, labels, bound):
+    """Boxes of 5th-95th percentiles per entry, with the tanh bound +-|s| dashed."""
+    ax.boxplot(
+        values.numpy(), whis=(5, 95), showfliers=False, widths=0.6,
+        boxprops={"color": color("hc")}, medianprops={"color": color("reference")},
+    )  # fmt: skip
+    for y in (bound, -bound):
+        ax.axhline(y, color=color("reference"), ls="--", lw=0.8)
+    ax.set_xticks(range(1, values.shape[1] + 1), labels, fontsize=7)
+
+
 # %% tags=["remove-output"]
 SHOW = [0, DEPTH // 2, DEPTH - 1]
 fig, axes = plt.subplots(
-    len(SHOW),
-    3,
-    figsize=(10, 2.3 * len(SHOW)),
-    sharey="row",
+    len(SHOW), 3, figsize=(10, 2.3 * len(SHOW)), sharey="row",
     gridspec_kw={"width_ratios": [4, 4, 16]},
-)
+)  # fmt: skip
 for row, k in enumerate(SHOW):
-    layer, (pre, post, res) = model.layers[k], maps[k]
-    static_alpha, static_beta = layer.static_alpha.detach(), layer.static_beta.detach()
-    parts = {  # (tokens, entries): the dynamic part of each matrix, entry by entry
-        "$A_m$": (pre - static_alpha[:, 0]),
-        "$B$": (post - static_beta),
-        "$A_r$": (res.transpose(-1, -2) - static_alpha[:, 1:]).flatten(1),
-    }
-    labels = {
-        "$A_m$": [f"{i}" for i in range(RATE)],
-        "$B$": [f"{i}" for i in range(RATE)],
-        "$A_r$": [f"{i}{j}" for i in range(RATE) for j in range(RATE)],
-    }
-    for col, (name, values) in enumerate(parts.items()):
-        ax = axes[row, col]
-        bound = abs(layer.beta_scale.item() if name == "$B$" else layer.alpha_scale.item())
-        ax.boxplot(
-            values.numpy(),
-            whis=(5, 95),
-            showfliers=False,
-            widths=0.6,
-            boxprops={"color": color("hc")},
-            medianprops={"color": color("reference")},
-        )
-        ax.axhline(bound, color=color("reference"), ls="--", lw=0.8)
-        ax.axhline(-bound, color=color("reference"), ls="--", lw=0.8)
-        ax.set_xticks(range(1, values.shape[1] + 1), labels[name], fontsize=7)
+    layer = model.layers[k]
+    for col, (name, (values, labels)) in enumerate(dynamic_parts(layer, *maps[k]).items()):
+        scale = layer.beta_scale if name == "$B$" else layer.alpha_scale
+        spread_box(axes[row, col], values, labels, abs(scale.item()))
         if row == 0:
-            ax.set_title(f"{name} ({['read-out', 'write-in', 'stream mixing'][col]})")
+            axes[row, col].set_title(f"{name} ({['read-out', 'write-in', 'stream mixing'][col]})")
         if col == 0:
-            ax.set_ylabel(f"layer {k}\nvalue - static part")
+            axes[row, col].set_ylabel(f"layer {k}\nvalue - static part")
         if row == len(SHOW) - 1:
-            ax.set_xlabel("entry (stream $i$, or $ij$)")
+            axes[row, col].set_xlabel("entry (stream $i$, or $ij$)")
 fig.tight_layout()
 show_figure(fig, "fig-03-spread")
 
