@@ -85,7 +85,7 @@ F64 = torch.float64
 #
 # One stream is slightly worse than the baseline, more streams are better, and $n = 4$ is
 # the paper's default. For the mixture-of-experts model OLMoE-1B-7B the paper reports that
-# DHC×4 reaches the baseline's training loss with about 1.8 times fewer tokens (HC Figure 1).
+# DHC×4 converges 1.8 times faster than the baseline (HC Figure 1).
 # This chapter builds the dynamic weights and counts their cost; it does not train a model
 # large enough to test these numbers.
 
