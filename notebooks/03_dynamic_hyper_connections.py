@@ -393,7 +393,8 @@ TOKENS = [int((data.y_val == c).nonzero()[0]) for c in range(3)]  # first token 
 dyn = M_tok[TOKENS] - static  # the input-dependent parts, (3, n+1, n+1)
 
 # %% tags=["remove-output"]
-fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.1), layout="constrained")
+fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.6), layout="constrained")
+axes = axes.flatten()
 draw_hc_heatmap(static, axes[0], title=f"layer {K_SHOW}: static part")
 vmax = dyn.abs().max().item()
 for ax, t, D in zip(axes[1:], TOKENS, dyn, strict=True):
@@ -406,8 +407,8 @@ show_figure(fig, "fig-03-tokens")
 # ```{glue:figure} fig-03-tokens
 # :name: fig-03-tokens
 #
-# The HC matrix of a middle layer of the trained toy model: its static part (left, shared by
-# all tokens; row 0 is $B$, column 0 is $A_m$, the rest $A_r$, outlined in the colours of
+# The HC matrix of a middle layer of the trained toy model: its static part (top left, shared
+# by all tokens; row 0 is $B$, column 0 is $A_m$, the rest $A_r$, outlined in the colours of
 # {numref}`fig-02-layer`) and, for three validation tokens of different classes, the part that
 # each token's own streams add to it (HC Eqs. 11-13; note the much smaller colour scale).
 # Each token's matrix is the static one plus its panel. The rows of a panel nearly agree: row
