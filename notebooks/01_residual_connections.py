@@ -457,8 +457,7 @@ show_figure(fig, "fig-01-gradients")
 for label, g_state in (("init", grads0), ("trained", grads)):
     for norm in ("pre", "post"):
         r = (g_state[norm][0] / g_state[norm][-1]).item()
-        shown = f"{r:.1f}" if label == "init" else "above 1" if r > 1 else "below 1"
-        print(f"{label:>7} {NAMES[norm]:>9}: ||g_0|| / ||g_31|| {shown}, vanishes: {r < 0.5}")
+        print(f"{label:>7} {NAMES[norm]:>9}: ||g_0|| / ||g_31|| = {r:.1f}, vanishes: {r < 0.5}")
 
 # %% [markdown]
 # So in this toy network Post-Norm's gradient does **not** vanish toward the input, neither at
