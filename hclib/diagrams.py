@@ -292,7 +292,7 @@ def draw_hc_heatmap(
                 dark = abs(value) > 0.6 * scale
                 ax.text(
                     c + 0.5, -r - 0.5, fmt.format(value), ha="center", va="center",
-                    fontsize=7, color="white" if dark else "black",
+                    fontsize=8, color="white" if dark else "black",
                 )  # fmt: skip
     if title:
         ax.set_title(title, fontsize=9)

@@ -140,9 +140,9 @@ print("expand_streams / reduce_streams match the from-scratch lines:", True)
 # one layer fit in one small matrix ({numref}`fig-02-layer`, right), the *HC matrix*, in the
 # same colours.
 
-# %% tags=["remove-output"]
+# %% tags=["remove-output", "hide-input"]
 fig, axes = plt.subplots(
-    1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2.3, 1]}, layout="constrained"
+    1, 2, figsize=(9.5, 3.3), gridspec_kw={"width_ratios": [2.3, 1]}, layout="constrained"
 )
 draw_hc_layer(3, axes[0])
 draw_hc_matrix(3, axes[1])
@@ -422,11 +422,12 @@ print(torch.allclose(H, u.unsqueeze(-2).expand_as(H), rtol=0, atol=1e-12))
 #
 # The HC paper adds one detail to the initial weights of its language models: the std of the
 # weights of every branch's *output module* (the second linear layer of the FFN and the output
-# projection of attention) is scaled "by a factor of $\sqrt{n}$", to keep the std of the
-# summed output consistent with the baseline. The text leaves two things open.
+# projection of attention) is scaled "by a factor of $\sqrt{n}$", with the aim of keeping the
+# scale of the summed output consistent with the Pre-Norm baseline. The text leaves two things
+# open.
 #
 # - **The direction.** "Scaled by a factor of $\sqrt{n}$" reads as multiplied as easily as
-#   divided, and the paper's pseudocode does not show the initialisation.
+#   divided, and the sentence alone does not settle it.
 # - **What it keeps consistent.** By the induction above, at initialisation the final sum is
 #   exactly $n\, u^L$ *whatever the branch weights are*, and the final norm removes the $n$.
 #   Scaling every output module by a factor $c$ therefore gives, at initialisation, exactly

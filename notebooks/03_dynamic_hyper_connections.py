@@ -85,7 +85,7 @@ F64 = torch.float64
 #
 # One stream is slightly worse than the baseline, more streams are better, and $n = 4$ is
 # the paper's default. For the mixture-of-experts model OLMoE-1B-7B the paper reports that
-# DHC×4 reaches the baseline's training loss with about 1.8 times fewer tokens (HC Figure 1).
+# DHC×4 converges 1.8 times faster than the baseline (HC Figure 1).
 # This chapter builds the dynamic weights and counts their cost; it does not train a model
 # large enough to test these numbers.
 
@@ -93,9 +93,10 @@ F64 = torch.float64
 # ## The dynamic weights, written out
 #
 # A static HC layer with $n$ streams is the $(n+1)\times(n+1)$ matrix
-# $\begin{pmatrix} 0 & B \\ A_m & A_r \end{pmatrix}$ (HC Eq. 1): $A_m \in \mathbb{R}^{n\times 1}$
-# says how the branch input is read out of the streams, $B \in \mathbb{R}^{1\times n}$ how the
-# branch output is written back, and $A_r \in \mathbb{R}^{n\times n}$ how the streams are mixed.
+# $\begin{pmatrix} 0 & B \\ A_m & A_r \end{pmatrix}$ (HC Eq. 1, drawn in {numref}`fig-02-layer`):
+# $A_m \in \mathbb{R}^{n\times 1}$ says how the branch input is read out of the streams,
+# $B \in \mathbb{R}^{1\times n}$ how the branch output is written back, and
+# $A_r \in \mathbb{R}^{n\times n}$ how the streams are mixed.
 # Dynamic HC keeps these as a *static part* and adds a term computed from the token's own
 # streams $H \in \mathbb{R}^{n\times d}$:
 #
@@ -392,7 +393,8 @@ TOKENS = [int((data.y_val == c).nonzero()[0]) for c in range(3)]  # first token 
 dyn = M_tok[TOKENS] - static  # the input-dependent parts, (3, n+1, n+1)
 
 # %% tags=["remove-output"]
-fig, axes = plt.subplots(1, 4, figsize=(11.5, 3.1), layout="constrained")
+fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.6), layout="constrained")
+axes = axes.flatten()
 draw_hc_heatmap(static, axes[0], title=f"layer {K_SHOW}: static part")
 vmax = dyn.abs().max().item()
 for ax, t, D in zip(axes[1:], TOKENS, dyn, strict=True):
@@ -405,8 +407,8 @@ show_figure(fig, "fig-03-tokens")
 # ```{glue:figure} fig-03-tokens
 # :name: fig-03-tokens
 #
-# The HC matrix of a middle layer of the trained toy model: its static part (left, shared by
-# all tokens; row 0 is $B$, column 0 is $A_m$, the rest $A_r$, outlined in the colours of
+# The HC matrix of a middle layer of the trained toy model: its static part (top left, shared
+# by all tokens; row 0 is $B$, column 0 is $A_m$, the rest $A_r$, outlined in the colours of
 # {numref}`fig-02-layer`) and, for three validation tokens of different classes, the part that
 # each token's own streams add to it (HC Eqs. 11-13; note the much smaller colour scale).
 # Each token's matrix is the static one plus its panel. The rows of a panel nearly agree: row
@@ -442,48 +444,51 @@ print("every two streams entering this layer: mean cosine above 0.8:", bool(stre
 # layers, the distribution of the *dynamic part* of every entry. The dashed lines are
 # $\pm|s|$, the bound that the `tanh` enforces.
 
+
+# %%
+def dynamic_parts(layer, pre, post, res):
+    """The input-dependent part of each matrix, (tokens, entries) each, with entry labels."""
+    static_alpha, static_beta = layer.static_alpha.detach(), layer.static_beta.detach()
+    n = static_beta.shape[0]
+    streams = [f"{i}" for i in range(n)]
+    return {
+        "$A_m$": (pre - static_alpha[:, 0], streams),
+        "$B$": (post - static_beta, streams),
+        "$A_r$": (
+            (res.transpose(-1, -2) - static_alpha[:, 1:]).flatten(1),
+            [f"{i}{j}" for i in range(n) for j in range(n)],
+        ),
+    }
+
+
+def spread_box(ax, values, labels, bound):
+    """Boxes of 5th-95th percentiles per entry, with the tanh bound +-|s| dashed."""
+    ax.boxplot(
+        values.numpy(), whis=(5, 95), showfliers=False, widths=0.6,
+        boxprops={"color": color("hc")}, medianprops={"color": color("reference")},
+    )  # fmt: skip
+    for y in (bound, -bound):
+        ax.axhline(y, color=color("reference"), ls="--", lw=0.8)
+    ax.set_xticks(range(1, values.shape[1] + 1), labels, fontsize=7)
+
+
 # %% tags=["remove-output"]
 SHOW = [0, DEPTH // 2, DEPTH - 1]
 fig, axes = plt.subplots(
-    len(SHOW),
-    3,
-    figsize=(10, 2.3 * len(SHOW)),
-    sharey="row",
+    len(SHOW), 3, figsize=(10, 2.3 * len(SHOW)), sharey="row",
     gridspec_kw={"width_ratios": [4, 4, 16]},
-)
+)  # fmt: skip
 for row, k in enumerate(SHOW):
-    layer, (pre, post, res) = model.layers[k], maps[k]
-    static_alpha, static_beta = layer.static_alpha.detach(), layer.static_beta.detach()
-    parts = {  # (tokens, entries): the dynamic part of each matrix, entry by entry
-        "$A_m$": (pre - static_alpha[:, 0]),
-        "$B$": (post - static_beta),
-        "$A_r$": (res.transpose(-1, -2) - static_alpha[:, 1:]).flatten(1),
-    }
-    labels = {
-        "$A_m$": [f"{i}" for i in range(RATE)],
-        "$B$": [f"{i}" for i in range(RATE)],
-        "$A_r$": [f"{i}{j}" for i in range(RATE) for j in range(RATE)],
-    }
-    for col, (name, values) in enumerate(parts.items()):
-        ax = axes[row, col]
-        bound = abs(layer.beta_scale.item() if name == "$B$" else layer.alpha_scale.item())
-        ax.boxplot(
-            values.numpy(),
-            whis=(5, 95),
-            showfliers=False,
-            widths=0.6,
-            boxprops={"color": color("hc")},
-            medianprops={"color": color("reference")},
-        )
-        ax.axhline(bound, color=color("reference"), ls="--", lw=0.8)
-        ax.axhline(-bound, color=color("reference"), ls="--", lw=0.8)
-        ax.set_xticks(range(1, values.shape[1] + 1), labels[name], fontsize=7)
+    layer = model.layers[k]
+    for col, (name, (values, labels)) in enumerate(dynamic_parts(layer, *maps[k]).items()):
+        scale = layer.beta_scale if name == "$B$" else layer.alpha_scale
+        spread_box(axes[row, col], values, labels, abs(scale.item()))
         if row == 0:
-            ax.set_title(f"{name} ({['read-out', 'write-in', 'stream mixing'][col]})")
+            axes[row, col].set_title(f"{name} ({['read-out', 'write-in', 'stream mixing'][col]})")
         if col == 0:
-            ax.set_ylabel(f"layer {k}\nvalue - static part")
+            axes[row, col].set_ylabel(f"layer {k}\nvalue - static part")
         if row == len(SHOW) - 1:
-            ax.set_xlabel("entry (stream $i$, or $ij$)")
+            axes[row, col].set_xlabel("entry (stream $i$, or $ij$)")
 fig.tight_layout()
 show_figure(fig, "fig-03-spread")
 

@@ -94,3 +94,46 @@ def test_bad_input_is_refused_with_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
     plt.close("all")
+
+
+def _shell_that_shows_png_figures():
+    """An IPython shell that renders figures as PNG, as a Jupyter kernel with inline plots."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.pylabtools import select_figure_formats
+
+    shell = InteractiveShell.instance()
+    select_figure_formats(shell, {"png"})
+    return shell
+
+
+def test_show_figure_glues_the_figure_under_its_name_and_closes_it():
+    from IPython.utils.capture import capture_output
+
+    from hclib.plotting import show_figure
+
+    _shell_that_shows_png_figures()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    with capture_output() as captured:
+        show_figure(fig, "fig-test")
+    (output,) = captured.outputs
+    assert output.metadata["scrapbook"]["name"] == "fig-test"
+    assert "image/png" in output.data  # shown in Jupyter too, not only stored
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_show_figure_without_myst_nb_just_shows_the_figure(monkeypatch):
+    import sys
+
+    from IPython.utils.capture import capture_output
+
+    from hclib.plotting import show_figure
+
+    _shell_that_shows_png_figures()
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab: the import fails
+    fig, _ = plt.subplots()
+    with capture_output() as captured:
+        show_figure(fig, "fig-test")
+    (output,) = captured.outputs
+    assert "scrapbook" not in (output.metadata or {})
+    assert "image/png" in output.data
