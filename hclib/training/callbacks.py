@@ -35,10 +35,12 @@ from hclib.analysis import (
 )
 from hclib.connection import Connection, Mappings
 from hclib.training.flops import device_name, flops_per_token, peak_flops
+from hclib.training.sharding import full_parameters, is_sharded
 
 __all__ = [
     "ConnectionDiagnostics",
     "NonFiniteLossGuard",
+    "Preemption",
     "Throughput",
     "plot_diagnostics",
     "probe_connections",
@@ -127,10 +129,58 @@ class NonFiniteLossGuard(pl.Callback):
         last = "none yet" if self.last_finite is None else f"{self.last_finite:.4f}"
         raise FloatingPointError(
             f"the training loss became {value} at step {trainer.global_step} (last finite "
-            f"micro-batch loss: {last}); training stopped before this step's update. Lower "
-            "model.lr, lengthen model.warmup_steps, keep trainer.gradient_clip_val set, or "
-            "resume from the last checkpoint with --ckpt_path"
+            f"micro-batch loss: {last}); training stopped before this step's update. Start "
+            "again from the last good checkpoint's weights with a lower learning rate, a "
+            "fresh optimizer and schedule: --model.init_from <run>/checkpoints/last.ckpt "
+            "--model.lr <lower>, and keep trainer.gradient_clip_val set (a longer "
+            "model.warmup_steps helps too). Resuming with --ckpt_path would replay the same "
+            "steps into the same NaN"
         )
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM (what SLURM sends at the time limit or on preemption), save a checkpoint
+    and exit with status ``exit_code`` instead of 0.
+
+    Lightning stops a run that receives SIGTERM after the current step, on every rank, and
+    exits with status 0 without saving. This callback saves ``hpc_ckpt_<k>.ckpt`` into
+    ``trainer.default_root_dir`` first (every rank takes part, as sharded checkpoints need),
+    where Lightning looks for it when the same command starts again under SLURM (a requeued
+    job resumes from it without ``--ckpt_path``); elsewhere, resume with ``--ckpt_path
+    <that file>``. The non-zero status tells a scheduler or a script that the run did not
+    finish. SIGUSR1 under SLURM (``#SBATCH --signal=SIGUSR1@90``) is Lightning's own: it saves
+    the same kind of checkpoint and requeues the job, whose SIGTERM then ends this run here.
+
+    Args:
+        exit_code: the process's exit status after a SIGTERM (143 = 128 + SIGTERM).
+    """
+
+    def __init__(self, exit_code: int = 143) -> None:
+        super().__init__()
+        if isinstance(exit_code, bool) or not isinstance(exit_code, int) or exit_code == 0:
+            raise ValueError(f"exit_code must be a non-zero int, got {exit_code!r}")
+        self.exit_code = exit_code
+        self.saved: str | None = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        connector = trainer._checkpoint_connector
+        path = connector.hpc_save_path(trainer.default_root_dir)
+        path = trainer.strategy.broadcast(path)
+        trainer.save_checkpoint(path)
+        self.saved = path
+        if trainer.is_global_zero:
+            print(
+                f"SIGTERM at step {trainer.global_step}: saved {path}; exiting with status "
+                f"{self.exit_code}. Resume: the same command (under SLURM), or --ckpt_path {path}",
+                flush=True,
+            )
+        exception.code = self.exit_code
 
 
 def unwrap_connection(layer: torch.nn.Module) -> Connection:
@@ -284,6 +334,7 @@ class ConnectionDiagnostics(pl.Callback):
         with _full_parameters(trainer):
             result = probe_connections(model, idx)
         step = trainer.global_step
+        folder = _log_dir(trainer) / "diagnostics"  # every rank: trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return result
         metrics = {}
@@ -297,7 +348,6 @@ class ConnectionDiagnostics(pl.Callback):
                 metrics[f"diag/cos/layer{layer}"] = result["cos_median"][layer].item()
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        folder = _log_dir(trainer) / "diagnostics"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"step": step, "connection": model.cfg.connection, **result},
@@ -314,7 +364,10 @@ class ConnectionDiagnostics(pl.Callback):
 
 
 def _full_parameters(trainer: pl.Trainer) -> contextlib.AbstractContextManager:
-    """Under FSDP, gather every parameter for the probe (all ranks take part)."""
+    """Under FSDP (FSDP1 or FSDP2), gather every parameter for the probe (all ranks take
+    part)."""
+    if is_sharded(trainer.lightning_module):
+        return full_parameters(trainer.lightning_module)
     if isinstance(trainer.strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
