@@ -78,8 +78,10 @@ def no_pytest_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["hclib.train"])
 
 
-def cli_args(root: Path, out: Path, *extra: str, logger: bool = False) -> list[str]:
-    """The tiny recipe, shrunk, writing into ``out``."""
+def cli_args(
+    root: Path, out: Path, *extra: str, logger: bool = False, recipe: Path = TINY_RECIPE
+) -> list[str]:
+    """The tiny recipe (or ``recipe``), shrunk, writing into ``out/run``."""
     loggers = (
         json.dumps(
             [
@@ -94,7 +96,7 @@ def cli_args(root: Path, out: Path, *extra: str, logger: bool = False) -> list[s
         else "false"
     )
     args = [
-        "--config", str(TINY_RECIPE),
+        "--config", str(recipe),
         "--data.corpus", "markov", "--data.root", str(root),
         "--data.block_size", "32", "--data.batch_size", "8", "--data.val_batches", "2",
         "--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32",
