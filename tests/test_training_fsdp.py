@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from hclib.training import GPTModule, read_checkpoint
-from hclib.training.cli import main
 from test_training import (  # noqa: F401  (fixtures)
     ROOT,
     TINY_RECIPE,
@@ -26,6 +23,9 @@ from test_training import (  # noqa: F401  (fixtures)
     corpus_root,
     no_pytest_argv,
 )
+
+from hclib.training import GPTModule, read_checkpoint
+from hclib.training.cli import main
 
 FSDP = ROOT / "configs" / "fsdp.yaml"
 MOE_TINY = ROOT / "configs" / "moe-tiny.yaml"
