@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hclib.connection import Connection
 from hclib.kernels.dispatch import check_impl
@@ -209,6 +210,7 @@ class GPT(nn.Module):
                     )
                 )
         self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.recompute = False  # recompute each layer in the backward pass (GPTModule sets it)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -269,7 +271,11 @@ class GPT(nn.Module):
             )
         H = self.state(idx)
         for layer in self.layers:
-            H = layer(H)
+            if self.recompute and torch.is_grad_enabled():
+                # keep only the layer's input; recompute its activations in the backward pass
+                H = checkpoint(layer, H, use_reentrant=False)
+            else:
+                H = layer(H)
         logits = self.head(self.final_norm(leave_state(self.cfg.connection, H)))
         if targets is None:
             return logits, None

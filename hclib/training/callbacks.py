@@ -18,6 +18,10 @@ Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -139,48 +143,91 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 class Preemption(pl.Callback):
-    """On SIGTERM (what SLURM sends at the time limit or on preemption), save a checkpoint
-    and exit with status ``exit_code`` instead of 0.
+    """SIGTERM or SIGUSR1 (what SLURM sends before the time limit or on preemption): save a
+    checkpoint, ask SLURM to requeue the job, and exit with status ``exit_code``.
 
-    Lightning stops a run that receives SIGTERM after the current step, on every rank, and
-    exits with status 0 without saving. This callback saves ``hpc_ckpt_<k>.ckpt`` into
-    ``trainer.default_root_dir`` first (every rank takes part, as sharded checkpoints need),
-    where Lightning looks for it when the same command starts again under SLURM (a requeued
-    job resumes from it without ``--ckpt_path``); elsewhere, resume with ``--ckpt_path
-    <that file>``. The non-zero status tells a scheduler or a script that the run did not
-    finish. SIGUSR1 under SLURM (``#SBATCH --signal=SIGUSR1@90``) is Lightning's own: it saves
-    the same kind of checkpoint and requeues the job, whose SIGTERM then ends this run here.
+    The signal handler only raises a flag; the ranks agree on it after each training step
+    (one all-reduce of a boolean) and then all of them save ``hpc_ckpt_<k>.ckpt`` into
+    ``trainer.default_root_dir`` together (sharded checkpoints need every rank), at a step
+    boundary, never in the middle of a collective. Under SLURM (``SLURM_JOB_ID`` set and
+    ``requeue`` on) rank 0 runs ``scontrol requeue <job id>``; when the same command starts
+    again under SLURM, Lightning resumes from the newest ``hpc_ckpt_<k>.ckpt`` by itself.
+    Elsewhere, resume with ``--ckpt_path <that file>``. The process then exits with
+    ``exit_code`` (not 0), so a scheduler or a script sees that the run did not finish.
+
+    This replaces Lightning's own handlers for the two signals during training (Lightning
+    saves and requeues from inside the signal handler, and exits 0 on SIGTERM).
 
     Args:
-        exit_code: the process's exit status after a SIGTERM (143 = 128 + SIGTERM).
+        exit_code: the exit status after such a signal (143 = 128 + SIGTERM).
+        requeue: under SLURM, requeue the job after saving.
     """
 
-    def __init__(self, exit_code: int = 143) -> None:
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, exit_code: int = 143, requeue: bool = True) -> None:
         super().__init__()
         if isinstance(exit_code, bool) or not isinstance(exit_code, int) or exit_code == 0:
             raise ValueError(f"exit_code must be a non-zero int, got {exit_code!r}")
         self.exit_code = exit_code
+        self.requeue = bool(requeue)
+        self.received: str | None = None
         self.saved: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _flag(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._flag)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        connector = trainer._checkpoint_connector
+        path = trainer.strategy.broadcast(connector.hpc_save_path(trainer.default_root_dir))
+        trainer.save_checkpoint(path)
+        self.saved = path
+        job = os.environ.get("SLURM_JOB_ID")
+        requeued = ""
+        if trainer.is_global_zero and self.requeue and job:
+            result = subprocess.run(["scontrol", "requeue", job], check=False)
+            requeued = f"; scontrol requeue {job}: exit status {result.returncode}"
+        if trainer.is_global_zero:
+            print(
+                f"{self.received or 'a signal on another rank'} at step {trainer.global_step}: "
+                f"saved {path}{requeued}; exiting with status {self.exit_code}. Resume: the "
+                f"same command (under SLURM), or --ckpt_path {path}",
+                flush=True,
+            )
+        self._restore()
+        raise SystemExit(self.exit_code)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        if not isinstance(exception, SIGTERMException):
-            return
-        connector = trainer._checkpoint_connector
-        path = connector.hpc_save_path(trainer.default_root_dir)
-        path = trainer.strategy.broadcast(path)
-        trainer.save_checkpoint(path)
-        self.saved = path
-        if trainer.is_global_zero:
-            print(
-                f"SIGTERM at step {trainer.global_step}: saved {path}; exiting with status "
-                f"{self.exit_code}. Resume: the same command (under SLURM), or --ckpt_path {path}",
-                flush=True,
-            )
-        exception.code = self.exit_code
+        self._restore()
 
 
 def unwrap_connection(layer: torch.nn.Module) -> Connection:

@@ -117,13 +117,18 @@ def _recipe_name(config) -> str:
 
 
 def name_run(config) -> None:
-    """Give every logger the run's folder name and put ``default_root_dir`` under it.
+    """Name the run's folders: every logger's, and ``default_root_dir``'s.
 
-    The name is ``run_name`` or ``<recipe>-<connection>``. Under SLURM a logger without a
+    The name is ``run_name`` when given, which then applies to every logger; otherwise
+    ``<recipe>-<connection>`` (``gpt-tiny-hc``), given to each logger whose own ``name``
+    is not set (a name set on the command line or in a file is kept). ``default_root_dir``
+    becomes ``<default_root_dir>/<name>``: where a run without a logger writes and where a
+    requeued SLURM job's ``hpc_ckpt_<k>.ckpt`` waits. Under SLURM a logger without a
     version gets ``slurm-<job id>``, so a requeued job (same id) keeps writing in the same
     folder.
     """
-    name = config.get("run_name") or f"{_recipe_name(config)}-{config.model.connection}"
+    given = config.get("run_name")
+    name = given or f"{_recipe_name(config)}-{config.model.connection}"
     config.run_name = name
     trainer = config.trainer
     root = Path(trainer.default_root_dir or "runs")
@@ -138,12 +143,15 @@ def name_run(config) -> None:
     job = os.environ.get("SLURM_JOB_ID")
     for item in items:
         init_args = getattr(item, "init_args", None)
-        if init_args is None:
+        if init_args is None or "name" not in init_args:
             continue
-        if "name" in init_args or hasattr(init_args, "name"):
+        if given or init_args.get("name") in _UNSET_NAMES:
             init_args.name = name
-        if job and getattr(init_args, "version", None) is None and "version" in init_args:
+        if job and "version" in init_args and init_args.get("version") is None:
             init_args.version = f"slurm-{job}"
+
+
+_UNSET_NAMES = (None, "", "lightning_logs")  # Lightning's loggers' default names
 
 
 def _new_log_dirs(trainer: pl.Trainer) -> list[Path]:

@@ -19,10 +19,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from hclib.models.gpt import GPT, GPTConfig
-from hclib.models.wiring import leave_state
 from hclib.optim import param_groups
 from hclib.training.checkpoints import load_weights
 from hclib.training.schedule import WarmupCosine
@@ -149,6 +147,7 @@ class GPTModule(pl.LightningModule):
         if decay_steps is not None and decay_steps <= warmup_steps:
             raise ValueError(f"decay_steps={decay_steps} must exceed warmup_steps={warmup_steps}")
         self.recompute = bool(recompute)
+        self.model.recompute = self.recompute
         self.moe_blocks = list(self.cfg.moe_layers)
         if compile:
             if self.recompute:
@@ -163,31 +162,9 @@ class GPTModule(pl.LightningModule):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``GPT.forward``: logits ``(B, T, vocab)`` and, with targets, the loss; with
-        ``recompute`` each layer's activations are recomputed in the backward pass."""
-        if not self.recompute:
-            return self.model(idx, targets)
-        return self._recomputed_forward(idx, targets)
-
-    def _recomputed_forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # GPT.forward step by step, each layer under checkpoint; tests check the two agree.
-        model, cfg = self.model, self.cfg
-        H = model.state(idx)  # (B, T, d), (B, T, n, d) or (B, T, m, d/m)
-        for layer in model.layers:
-            if torch.is_grad_enabled():
-                H = checkpoint(layer, H, use_reentrant=False)
-            else:
-                H = layer(H)
-        logits = model.head(model.final_norm(leave_state(cfg.connection, H)))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
-        )
-        for moe in model.moe_modules():
-            loss = loss + cfg.aux_loss_coef * moe.aux_loss + cfg.z_loss_coef * moe.z_loss
-        return logits, loss
+        ``recompute`` each layer's activations are recomputed in the backward pass
+        (``GPT.recompute``, inside the model's own forward, so FSDP's hooks see it)."""
+        return self.model(idx, targets)
 
     def _aux_total(self) -> torch.Tensor | float:
         cfg = self.cfg
