@@ -528,24 +528,19 @@ def test_moe_recipes_route_top_2_of_at_least_8_experts_on_the_gpu():
     assert config.model.n_experts >= 8 and config.model.top_k == 2 and config.model.moe_layers
 
 
-def test_the_cluster_recipe_builds_its_fsdp_strategy_without_launching():
-    from jsonargparse import Namespace
-    from pytorch_lightning.strategies import FSDPStrategy
-    from torch.distributed.fsdp import ShardingStrategy
+def test_the_cluster_recipe_shards_with_the_strategy_of_the_fsdp_overlay():
+    from pytorch_lightning.strategies import ModelParallelStrategy
 
-    from hclib.connection import Connection
-
-    config = parse_recipe(ROOT / "configs" / "cluster.yaml").config
-    strategy_cfg = config.trainer.strategy
-    assert isinstance(strategy_cfg, Namespace)
+    cluster = parse_recipe(ROOT / "configs" / "cluster.yaml").config
+    overlay = parse_recipe(TINY_RECIPE, "--config", str(OVERLAYS[0])).config
+    assert cluster.trainer.strategy == overlay.trainer.strategy  # the two cannot drift apart
+    strategy_cfg = cluster.trainer.strategy
     module_name, _, class_name = strategy_cfg.class_path.rpartition(".")
     cls = getattr(__import__(module_name, fromlist=[class_name]), class_name)
     strategy = cls(**vars(strategy_cfg.init_args))
-    assert isinstance(strategy, FSDPStrategy)
-    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Connection}
-    assert strategy._activation_checkpointing_kwargs  # recompute each connection
-    assert config.trainer.num_nodes >= 2 and config.trainer.precision == "bf16-mixed"
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert cluster.trainer.gradient_clip_algorithm == "norm" and cluster.trainer.gradient_clip_val
+    assert cluster.trainer.num_nodes >= 2 and cluster.trainer.precision == "bf16-mixed"
 
 
 # ------------------------------------------------------------------- 2-process DDP (CPU)

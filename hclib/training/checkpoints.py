@@ -33,7 +33,8 @@ META = "meta.pt"  # Lightning's metadata file inside a sharded checkpoint folder
 #: keys that may differ between a checkpoint and the resumed run: how it is computed or
 #: loaded, not what is trained.
 IGNORED_ON_RESUME = {
-    "model": {"impl", "compile", "recompute", "init_from"},
+    # vocab_size and block_size are linked from data.corpus and data.block_size
+    "model": {"impl", "compile", "recompute", "init_from", "vocab_size", "block_size"},
     "data": {"root", "num_workers"},
 }
 

@@ -89,11 +89,23 @@ class TrainCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         name_run(config)
 
+    def _parse_ckpt_path(self) -> None:
+        """``fit --ckpt_path``: stop when ``model.*`` or ``data.*`` differ from the checkpoint
+        (:func:`check_resume`), before anything is built. Lightning would instead replace
+        the model's settings with the checkpoint's, silently; ``validate`` and ``test`` keep
+        that (they evaluate the checkpoint's model, whatever the recipe says)."""
+        subcommand = self.config.get("subcommand")
+        if subcommand != "fit":
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).exists():
+            return None
+        current = {"model": _as_dict(config.model), "data": _as_dict(config.data)}
+        check_resume(read_checkpoint(ckpt_path, weights=False), current, str(ckpt_path))
+        return None
+
     def before_fit(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path and Path(ckpt_path).exists():
-            current = {"model": dict(self.model.hparams), "data": dict(self.datamodule.hparams)}
-            check_resume(read_checkpoint(ckpt_path, weights=False), current, str(ckpt_path))
         align_logger_versions(self.trainer)
         self._new_folders = _new_log_dirs(self.trainer)
 
@@ -105,6 +117,11 @@ class TrainCLI(LightningCLI):
             if subcommand == "fit" and self.trainer.global_step == 0:
                 _remove(getattr(self, "_new_folders", []), self.trainer)
             raise
+
+
+def _as_dict(section) -> dict:
+    values = section.as_dict() if hasattr(section, "as_dict") else dict(section)
+    return values.get("init_args", values) if "class_path" in values else values
 
 
 def _recipe_name(config) -> str:
@@ -155,19 +172,25 @@ _UNSET_NAMES = (None, "", "lightning_logs")  # Lightning's loggers' default name
 
 
 def _new_log_dirs(trainer: pl.Trainer) -> list[Path]:
+    """The loggers' folders (``save_dir/name/version``, then ``save_dir/name``) that do not
+    exist yet, deepest first."""
     folders = []
     for logger in trainer.loggers:
         path = getattr(logger, "log_dir", None)
-        if path and not Path(path).exists():
-            folders.append(Path(path))
-    return folders
+        if not path:
+            continue
+        for folder in (Path(path), Path(path).parent):
+            if not folder.exists() and folder not in folders:
+                folders.append(folder)
+    return sorted(folders, key=lambda f: len(f.parts), reverse=True)
 
 
 def _remove(folders: list[Path], trainer: pl.Trainer) -> None:
+    """Remove the folders a failed run made, unless they hold a checkpoint."""
     if not trainer.is_global_zero:
         return
     for folder in folders:
-        if folder.is_dir() and not any(folder.glob("checkpoints/*")):
+        if folder.is_dir() and not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)
 
 
