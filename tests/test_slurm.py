@@ -159,12 +159,15 @@ def test_sigusr1_saves_requeues_exits_non_zero_and_the_requeued_job_resumes(
     assert step >= 1
 
     # the requeued job: the same script, the same job id; it resumes by itself
-    again = sbatch(cluster_env, [*args, "--trainer.max_steps", str(step + 2)])
+    requeued = {**cluster_env, "SLURM_RESTART_COUNT": "1", "MASTER_PORT": str(free_port())}
+    again = sbatch(requeued, [*args, "--trainer.max_steps", str(step + 2)])
     output, _ = again.communicate(timeout=400)
     assert again.returncode == 0, output[-4000:]
     assert "Restored all states from the checkpoint" in output
-    last = tmp_path / "run" / f"slurm-{JOB_ID}" / "checkpoints" / f"step={step + 2:06d}.ckpt"
+    second = tmp_path / "run" / f"slurm-{JOB_ID}-requeue1"  # the second start's logs
+    last = second / "checkpoints" / f"step={step + 2:06d}.ckpt"
     assert read_checkpoint(last, weights=False)["global_step"] == step + 2
-    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("slurm")] == [
-        f"slurm-{JOB_ID}"
-    ]  # the requeued job logs into the same folder
+    header, *rows = (second / "metrics.csv").read_text().splitlines()
+    steps = {int(r.split(",")[header.split(",").index("step")]) for r in rows}
+    assert min(steps) >= step  # it went on from the checkpoint's step
+    assert (tmp_path / "run" / f"slurm-{JOB_ID}" / "metrics.csv").exists()  # the first start's

@@ -22,7 +22,7 @@ the wrong type, stops the run before anything is built, naming the key.
 
 Runs: ``run_name`` (default ``<recipe>-<connection>``, e.g. ``gpt-tiny-hc``) is the folder
 of every logger under its ``save_dir`` and of ``trainer.default_root_dir``, so a run writes
-into ``runs/gpt-tiny-hc/version_N/`` (``slurm-<job id>`` under SLURM). A run that fails
+into ``runs/gpt-tiny-hc/version_N/`` (``slurm-<job id>[-requeue<k>]`` under SLURM). A run that fails
 before its first step removes the folder it made.
 
 Resuming (``--ckpt_path``) continues the checkpoint's run: a ``--model.*`` or ``--data.*``
@@ -141,8 +141,7 @@ def name_run(config) -> None:
     is not set (a name set on the command line or in a file is kept). ``default_root_dir``
     becomes ``<default_root_dir>/<name>``: where a run without a logger writes and where a
     requeued SLURM job's ``hpc_ckpt_<k>.ckpt`` waits. Under SLURM a logger without a
-    version gets ``slurm-<job id>``, so a requeued job (same id) keeps writing in the same
-    folder.
+    version gets :func:`slurm_version`: ``slurm-<job id>``, ``slurm-<job id>-requeue1``, ...
     """
     given = config.get("run_name")
     name = given or f"{_recipe_name(config)}-{config.model.connection}"
@@ -165,10 +164,19 @@ def name_run(config) -> None:
         if given or init_args.get("name") in _UNSET_NAMES:
             init_args.name = name
         if job and "version" in init_args and init_args.get("version") is None:
-            init_args.version = f"slurm-{job}"
+            init_args.version = slurm_version(job, os.environ.get("SLURM_RESTART_COUNT"))
 
 
 _UNSET_NAMES = (None, "", "lightning_logs")  # Lightning's loggers' default names
+
+
+def slurm_version(job: str, restarts: str | None = None) -> str:
+    """The log folder of a SLURM job: ``slurm-<job id>``, then ``slurm-<job id>-requeue<k>``
+    after the k-th requeue (SLURM's ``SLURM_RESTART_COUNT``): one folder per start, next to
+    each other, each with its own ``metrics.csv`` (Lightning's CSV logger would empty an
+    existing one)."""
+    count = int(restarts or 0)
+    return f"slurm-{job}" if count == 0 else f"slurm-{job}-requeue{count}"
 
 
 def _new_log_dirs(trainer: pl.Trainer) -> list[Path]:
