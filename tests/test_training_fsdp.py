@@ -22,6 +22,7 @@ from test_training import (  # noqa: F401  (fixtures)
     cli_args,
     corpus_root,
     no_pytest_argv,
+    weights,
 )
 
 from hclib.training import GPTModule, read_checkpoint
@@ -33,7 +34,7 @@ MOE_TINY = ROOT / "configs" / "moe-tiny.yaml"
 # (case, extra arguments): the connections of the issue and the MoE tiny recipe
 CASES = [
     ("residual", ["--model.connection", "residual"]),
-    ("hc", ["--model.connection", "hc", "--model.n", "2"]),
+    # hc: test_a_sharded_run_resumes_from_its_checkpoint_folder_and_matches_one_process
     ("mhc", ["--model.connection", "mhc", "--model.n", "2"]),
     ("moe-tiny", ["--model.moe_layers", "[1]", "--model.moe_hidden", "48"]),  # shrunk to 2 blocks
 ]
@@ -114,15 +115,26 @@ def test_sharded_training_on_two_processes_matches_one_process(
 
 
 @pytest.mark.slow
-def test_a_sharded_run_resumes_from_its_checkpoint_folder(corpus_root, tmp_path):  # noqa: F811
+def test_a_sharded_hc_run_matches_one_process_and_resumes_from_its_checkpoint_folder(
+    corpus_root,  # noqa: F811
+    tmp_path,
+):
     extra = ["--model.connection", "hc", "--model.n", "2", "--checkpoint.every_n_train_steps", "2"]
+    extra += ["--trainer.gradient_clip_val", "0.05"]
+    one = main(
+        ["fit", *cli_args(corpus_root, tmp_path / "one", "--trainer.max_steps", "4", *extra)]
+    )
     args = cli_args(corpus_root, tmp_path / "whole", "--trainer.max_steps", "4", *extra)
     launch(["fit", *args, *sharded()])
+    whole = read_checkpoint(tmp_path / "whole" / "run" / "checkpoints" / "step=000004.ckpt")
+    assert_same_weights(
+        {f"model.{k}": v for k, v in weights(one).items()}, whole["state_dict"], 2e-4, 2e-5
+    )
+
     halfway = tmp_path / "whole" / "run" / "checkpoints" / "step=000002.ckpt"
     assert halfway.is_dir()
     resumed_args = cli_args(corpus_root, tmp_path / "resumed", "--trainer.max_steps", "4", *extra)
     launch(["fit", *resumed_args, *sharded(), "--ckpt_path", str(halfway)])
-    a = read_checkpoint(tmp_path / "whole" / "run" / "checkpoints" / "step=000004.ckpt")
-    b = read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "step=000004.ckpt")
-    assert b["global_step"] == 4
-    assert_same_weights(a["state_dict"], b["state_dict"], rtol=0, atol=0)  # bit for bit
+    resumed = read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "step=000004.ckpt")
+    assert resumed["global_step"] == 4
+    assert_same_weights(whole["state_dict"], resumed["state_dict"], rtol=0, atol=0)  # bit for bit
