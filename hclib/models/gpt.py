@@ -11,6 +11,12 @@ Parts: RMSNorm pre-norms, rotary position embeddings (RoPE), causal attention th
 ``scaled_dot_product_attention``, a SwiGLU or GELU feed-forward layer, or a top-k MoE
 (:mod:`hclib.models.moe`) in the blocks listed by ``moe_layers``.
 
+Precision: under autocast (Lightning's ``bf16-mixed``) the carried state is held in the
+autocast dtype, as the book's byte counts assume, and the connections compute their
+coefficients in float32; ``state_dtype="weights"`` keeps it in the weights' dtype.
+``GPT.recompute`` recomputes each layer in the backward pass inside ``forward`` (so FSDP's
+hooks see every call).
+
 Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 """
 
