@@ -19,6 +19,12 @@ does, so a sharded run follows the single-process run on the same global batch.
 ``torch.nn.utils.clip_grad_norm_`` (what Lightning's ``gradient_clip_val`` calls) computes the
 norm of the sharded gradients over all shards (they are DTensors), so clipping is exact.
 
+Precision: no FSDP2 ``MixedPrecisionPolicy`` is set, so parameters are gathered and
+gradients reduced in float32, and ``bf16-mixed`` works as on one device (autocast casts
+each matrix product's inputs). A bfloat16 ``param_dtype`` would halve the gathers' bytes but
+would also run the connections' coefficient math (their ``phi``, ``alpha``, static weights)
+in bfloat16, which the book's connections keep in float32.
+
 Used in: configs/fsdp.yaml, configs/cluster.yaml (through :class:`hclib.training.GPTModule`).
 """
 
