@@ -11,6 +11,12 @@ Parts: RMSNorm pre-norms, rotary position embeddings (RoPE), causal attention th
 ``scaled_dot_product_attention``, a SwiGLU or GELU feed-forward layer, or a top-k MoE
 (:mod:`hclib.models.moe`) in the blocks listed by ``moe_layers``.
 
+Precision: under autocast (Lightning's ``bf16-mixed``) the carried state is held in the
+autocast dtype, as the book's byte counts assume, and the connections compute their
+coefficients in float32; ``state_dtype="weights"`` keeps it in the weights' dtype.
+``GPT.recompute`` recomputes each layer in the backward pass inside ``forward`` (so FSDP's
+hooks see every call).
+
 Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 """
 
@@ -22,16 +28,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hclib.connection import Connection
 from hclib.kernels.dispatch import check_impl
 from hclib.models.moe import MoE, SwiGLU
-from hclib.models.wiring import build_connection, check_connection, enter_state, leave_state
+from hclib.models.wiring import (
+    build_connection,
+    carried_dtype,
+    check_connection,
+    enter_state,
+    leave_state,
+)
 from hclib.streams import check_count
 
 __all__ = ["GPT", "GPTConfig"]
 
 _OUTPUT_SCALES = ("none", "divide_sqrt_n", "multiply_sqrt_n")
+STATE_DTYPES = ("autocast", "weights")
 
 
 @dataclass
@@ -63,6 +77,7 @@ class GPTConfig:
     shared_expert: bool = False  #: one always-on expert beside the routed ones
     aux_loss_coef: float = 0.01  #: weight of the load-balancing loss
     z_loss_coef: float = 0.001  #: weight of the router z-loss
+    state_dtype: str = "autocast"  #: carried state under autocast: "autocast" dtype or "weights"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
@@ -79,6 +94,8 @@ class GPTConfig:
             raise ValueError(
                 f"output_init_scale must be one of {_OUTPUT_SCALES}, got {self.output_init_scale!r}"
             )
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {self.state_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         self.moe_layers = [int(i) for i in self.moe_layers]
@@ -199,6 +216,7 @@ class GPT(nn.Module):
                     )
                 )
         self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.recompute = False  # recompute each layer in the backward pass (GPTModule sets it)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -230,8 +248,17 @@ class GPT(nn.Module):
 
     def state(self, idx: torch.Tensor) -> torch.Tensor:
         """The carried state after the embedding, ``(B, T, d)``, ``(B, T, n, d)`` or
-        ``(B, T, m, d/m)``: what :func:`hclib.connection_matrix` needs with ``connections()``."""
-        return enter_state(self.cfg.connection, self.embed(idx), self.cfg.n, self.cfg.m)
+        ``(B, T, m, d/m)``: what :func:`hclib.connection_matrix` needs with ``connections()``.
+
+        Under autocast (``bf16-mixed``) the state is held in the autocast dtype, so it moves
+        and stores the bytes chapter 7 counts; every connection keeps its input's dtype and
+        computes its coefficients in float32. ``state_dtype="weights"`` keeps it in the
+        weights' dtype instead (float32 under ``bf16-mixed``), see
+        :func:`hclib.models.wiring.carried_dtype`.
+        """
+        h = self.embed(idx)  # (B, T, d), the weights' dtype
+        h = h.to(carried_dtype(h, self.cfg.state_dtype))
+        return enter_state(self.cfg.connection, h, self.cfg.n, self.cfg.m)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -250,7 +277,11 @@ class GPT(nn.Module):
             )
         H = self.state(idx)
         for layer in self.layers:
-            H = layer(H)
+            if self.recompute and torch.is_grad_enabled():
+                # keep only the layer's input; recompute its activations in the backward pass
+                H = checkpoint(layer, H, use_reentrant=False)
+            else:
+                H = layer(H)
         logits = self.head(self.final_norm(leave_state(self.cfg.connection, H)))
         if targets is None:
             return logits, None

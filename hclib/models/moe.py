@@ -14,6 +14,14 @@ forward pass for the model to add to its loss:
   it is 1 for a perfectly balanced router and grows as the load concentrates;
 * router z-loss (ST-MoE): ``mean(logsumexp(router logits)^2)``, which keeps logits small.
 
+Under data parallelism (DDP, FSDP) each rank routes its own slice of the global batch. The
+expert counts behind ``f_e`` are summed over the ranks (one all-reduce of ``E`` integers per
+layer and step, in training mode only), while ``P_e`` stays the rank's own mean: each rank's
+loss ``n_experts * sum_e f_e^global P_e^rank`` has, averaged over the ranks as the
+gradients are, the value and gradient of the single-process loss on the whole batch. With
+per-rank counts instead, a rank with few tokens would balance its own noise, and the run
+would depend on the number of ranks. ``sync_counts=False`` chooses that per-rank loss.
+
 Used in: notebooks/10_moe_llm_with_lightning.
 """
 
@@ -37,10 +45,13 @@ class MoE(nn.Module):
         top_k: experts per token (``1 <= top_k <= E``).
         shared_expert: add one always-on expert of the same size.
         normalize_weights: renormalise the ``top_k`` router probabilities to sum to 1.
+        sync_counts: in training mode under ``torch.distributed``, count the assignments
+            of every rank for ``f_e`` (module docstring); False: this rank's only.
 
     Attributes set by every forward pass:
         ``aux_loss`` (load balancing), ``z_loss`` (router z-loss): scalars;
-        ``expert_load`` ``(E,)``: the fraction of assignments each expert received.
+        ``expert_load`` ``(E,)``: the fraction of assignments each expert received (over
+        every rank when the counts are synchronised).
 
     Shapes:
         ``(..., d) -> (..., d)``.
@@ -54,6 +65,7 @@ class MoE(nn.Module):
         top_k: int = 2,
         shared_expert: bool = False,
         normalize_weights: bool = True,
+        sync_counts: bool = True,
     ) -> None:
         super().__init__()
         self.dim = check_count(dim, "dim", "features")
@@ -63,6 +75,7 @@ class MoE(nn.Module):
         if top_k > n_experts:
             raise ValueError(f"top_k={top_k} cannot exceed n_experts={n_experts}")
         self.normalize_weights = bool(normalize_weights)
+        self.sync_counts = bool(sync_counts)
         self.router = nn.Linear(dim, n_experts, bias=False)
         scale_in, scale_out = dim**-0.5, hidden**-0.5
         self.w_gate = nn.Parameter(torch.randn(n_experts, dim, hidden) * scale_in)  # (E, d, h)
@@ -72,6 +85,16 @@ class MoE(nn.Module):
         self.aux_loss = torch.zeros(())
         self.z_loss = torch.zeros(())
         self.expert_load = torch.zeros(n_experts)
+
+    def _sync_now(self) -> bool:
+        dist = torch.distributed
+        return (
+            self.sync_counts
+            and self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        )
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits ``(N, E)``, top-k weights ``(N, k)`` and expert ids ``(N, k)``."""
@@ -88,7 +111,7 @@ class MoE(nn.Module):
             raise ValueError(f"expected input (..., {self.dim}), got {tuple(x.shape)}")
         shape = x.shape
         x = x.reshape(-1, self.dim)  # (N, d)
-        N, E, k = x.shape[0], self.n_experts, self.top_k
+        E, k = self.n_experts, self.top_k
         logits, weights, experts = self.route(x)
 
         # sort the N*k assignments by expert so each expert sees one contiguous slice
@@ -107,7 +130,10 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
 
-        load = counts.float() / (N * k)  # f_e
+        if self._sync_now():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)  # (E,) assignments of every rank
+        load = counts.float() / counts.sum()  # f_e
         probs = logits.softmax(dim=-1)
         self.aux_loss = E * (load * probs.mean(dim=0)).sum()  # load balancing
         self.z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()  # router z-loss

@@ -33,7 +33,7 @@ from hclib.streams import (
     split_fractions,
 )
 
-__all__ = ["CONNECTIONS", "build_connection", "enter_state", "leave_state"]
+__all__ = ["CONNECTIONS", "build_connection", "carried_dtype", "enter_state", "leave_state"]
 
 CONNECTIONS = ("residual", "hc", "fc", "mhc")
 
@@ -88,6 +88,23 @@ def build_connection(
             dim, branch, m=m, layer_id=layer_id, dynamic=dynamic, tanh=tanh, impl=impl
         )
     return ManifoldHyperConnection(dim, branch, n=n, layer_id=layer_id, impl=impl)
+
+
+def carried_dtype(h: torch.Tensor, state_dtype: str = "autocast") -> torch.dtype:
+    """The dtype the carried state is held in, for an embedding output ``h``.
+
+    ``"autocast"``: under an enabled autocast for ``h``'s device, the autocast dtype
+    (bfloat16 under Lightning's ``bf16-mixed``), else ``h.dtype``. ``"weights"``: always
+    ``h.dtype``, the weights' dtype (float32 under ``bf16-mixed``: twice the bytes per
+    token and stream). The connections keep the dtype of the state they are given, and
+    compute their coefficients in float32 either way.
+    """
+    if state_dtype not in ("autocast", "weights"):
+        raise ValueError(f"state_dtype must be 'autocast' or 'weights', got {state_dtype!r}")
+    device = h.device.type
+    if state_dtype == "autocast" and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return h.dtype
 
 
 def enter_state(kind: str, h: torch.Tensor, n: int = 4, m: int = 4) -> torch.Tensor:

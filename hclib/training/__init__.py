@@ -2,7 +2,10 @@
 
 * :class:`GPTModule`: the GPT as a LightningModule, one switch for the connection;
 * :class:`CorpusDataModule`: windows of a corpus, in an order fixed by (seed, step);
-* :class:`Throughput`, :class:`NonFiniteLossGuard`, :class:`ConnectionDiagnostics`: callbacks;
+* :class:`Throughput`, :class:`NonFiniteLossGuard`, :class:`ConnectionDiagnostics`,
+  :class:`Preemption`: callbacks;
+* :func:`shard_gpt`: FSDP2 sharding under ``configs/fsdp.yaml``; :func:`read_checkpoint`,
+  :func:`load_weights`, :func:`convert_checkpoint`: checkpoint files and sharded folders;
 * :class:`WarmupCosine`: the learning-rate schedule; :func:`flops_per_token`, :func:`peak_flops`;
 * ``python -m hclib.train fit --config configs/gpt-tiny.yaml``: the command line
   (:mod:`hclib.training.cli`).
@@ -11,24 +14,32 @@
 from hclib.training.callbacks import (
     ConnectionDiagnostics,
     NonFiniteLossGuard,
+    Preemption,
     Throughput,
     probe_connections,
 )
+from hclib.training.checkpoints import convert_checkpoint, load_weights, read_checkpoint
 from hclib.training.datamodule import CorpusDataModule, TrainWindows, ValWindows
 from hclib.training.flops import flops_per_token, peak_flops
 from hclib.training.module import GPTModule
 from hclib.training.schedule import WarmupCosine
+from hclib.training.sharding import shard_gpt
 
 __all__ = [
     "ConnectionDiagnostics",
     "CorpusDataModule",
     "GPTModule",
     "NonFiniteLossGuard",
+    "Preemption",
     "Throughput",
     "TrainWindows",
     "ValWindows",
     "WarmupCosine",
+    "convert_checkpoint",
     "flops_per_token",
+    "load_weights",
     "peak_flops",
     "probe_connections",
+    "read_checkpoint",
+    "shard_gpt",
 ]

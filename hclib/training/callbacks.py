@@ -18,6 +18,10 @@ Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -35,10 +39,12 @@ from hclib.analysis import (
 )
 from hclib.connection import Connection, Mappings
 from hclib.training.flops import device_name, flops_per_token, peak_flops
+from hclib.training.sharding import full_parameters, is_sharded
 
 __all__ = [
     "ConnectionDiagnostics",
     "NonFiniteLossGuard",
+    "Preemption",
     "Throughput",
     "plot_diagnostics",
     "probe_connections",
@@ -127,10 +133,101 @@ class NonFiniteLossGuard(pl.Callback):
         last = "none yet" if self.last_finite is None else f"{self.last_finite:.4f}"
         raise FloatingPointError(
             f"the training loss became {value} at step {trainer.global_step} (last finite "
-            f"micro-batch loss: {last}); training stopped before this step's update. Lower "
-            "model.lr, lengthen model.warmup_steps, keep trainer.gradient_clip_val set, or "
-            "resume from the last checkpoint with --ckpt_path"
+            f"micro-batch loss: {last}); training stopped before this step's update. Start "
+            "again from the last good checkpoint's weights with a lower learning rate, a "
+            "fresh optimizer and schedule: --model.init_from <run>/checkpoints/last.ckpt "
+            "--model.lr <lower>, and keep trainer.gradient_clip_val set (a longer "
+            "model.warmup_steps helps too). Resuming with --ckpt_path would replay the same "
+            "steps into the same NaN"
         )
+
+
+class Preemption(pl.Callback):
+    """SIGTERM or SIGUSR1 (what SLURM sends before the time limit or on preemption): save a
+    checkpoint, ask SLURM to requeue the job, and exit with status ``exit_code``.
+
+    The signal handler only raises a flag; the ranks agree on it after each training step
+    (one all-reduce of a boolean) and then all of them save ``hpc_ckpt_<k>.ckpt`` into
+    ``trainer.default_root_dir`` together (sharded checkpoints need every rank), at a step
+    boundary, never in the middle of a collective. Under SLURM (``SLURM_JOB_ID`` set and
+    ``requeue`` on) rank 0 runs ``scontrol requeue <job id>``; when the same command starts
+    again under SLURM, Lightning resumes from the newest ``hpc_ckpt_<k>.ckpt`` by itself.
+    Elsewhere, resume with ``--ckpt_path <that file>``. The process then exits with
+    ``exit_code`` (not 0), so a scheduler or a script sees that the run did not finish.
+
+    This replaces Lightning's own handlers for the two signals during training (Lightning
+    saves and requeues from inside the signal handler, and exits 0 on SIGTERM).
+
+    Args:
+        exit_code: the exit status after such a signal (143 = 128 + SIGTERM).
+        requeue: under SLURM, requeue the job after saving.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, exit_code: int = 143, requeue: bool = True) -> None:
+        super().__init__()
+        if isinstance(exit_code, bool) or not isinstance(exit_code, int) or exit_code == 0:
+            raise ValueError(f"exit_code must be a non-zero int, got {exit_code!r}")
+        self.exit_code = exit_code
+        self.requeue = bool(requeue)
+        self.received: str | None = None
+        self.saved: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _flag(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._flag)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        connector = trainer._checkpoint_connector
+        path = trainer.strategy.broadcast(connector.hpc_save_path(trainer.default_root_dir))
+        trainer.save_checkpoint(path)
+        self.saved = path
+        job = os.environ.get("SLURM_JOB_ID")
+        requeued = ""
+        if trainer.is_global_zero and self.requeue and job:
+            result = subprocess.run(["scontrol", "requeue", job], check=False)
+            requeued = f"; scontrol requeue {job}: exit status {result.returncode}"
+        if trainer.is_global_zero:
+            print(
+                f"{self.received or 'a signal on another rank'} at step {trainer.global_step}: "
+                f"saved {path}{requeued}; exiting with status {self.exit_code}. Resume: the "
+                f"same command (under SLURM), or --ckpt_path {path}",
+                flush=True,
+            )
+        self._restore()
+        raise SystemExit(self.exit_code)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
 
 
 def unwrap_connection(layer: torch.nn.Module) -> Connection:
@@ -284,6 +381,7 @@ class ConnectionDiagnostics(pl.Callback):
         with _full_parameters(trainer):
             result = probe_connections(model, idx)
         step = trainer.global_step
+        folder = _log_dir(trainer) / "diagnostics"  # every rank: trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return result
         metrics = {}
@@ -297,7 +395,6 @@ class ConnectionDiagnostics(pl.Callback):
                 metrics[f"diag/cos/layer{layer}"] = result["cos_median"][layer].item()
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        folder = _log_dir(trainer) / "diagnostics"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"step": step, "connection": model.cfg.connection, **result},
@@ -314,7 +411,10 @@ class ConnectionDiagnostics(pl.Callback):
 
 
 def _full_parameters(trainer: pl.Trainer) -> contextlib.AbstractContextManager:
-    """Under FSDP, gather every parameter for the probe (all ranks take part)."""
+    """Under FSDP (FSDP1 or FSDP2), gather every parameter for the probe (all ranks take
+    part)."""
+    if is_sharded(trainer.lightning_module):
+        return full_parameters(trainer.lightning_module)
     if isinstance(trainer.strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 

@@ -221,3 +221,8 @@ class CorpusDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def test_dataloader(self) -> DataLoader:
+        """The validation windows: the corpora have no test split, so ``python -m hclib.train
+        test`` evaluates the validation split (logged as ``test/loss``)."""
+        return self.val_dataloader()

@@ -17,13 +17,14 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from hclib.models.gpt import GPT, GPTConfig
-from hclib.models.wiring import leave_state
 from hclib.optim import param_groups
+from hclib.training.checkpoints import load_weights
 from hclib.training.schedule import WarmupCosine
+from hclib.training.sharding import shard_gpt
 
 __all__ = ["GPTModule"]
 
@@ -31,29 +32,65 @@ __all__ = ["GPTModule"]
 class GPTModule(pl.LightningModule):
     """Train :class:`hclib.models.GPT` on next-token prediction.
 
-    Args (model): every field of :class:`hclib.models.GPTConfig`, same names and defaults
-        (``connection`` is ``"residual"``, ``"hc"``, ``"fc"`` or ``"mhc"``; ``n``, ``m`` and
-        ``dynamic`` go with it; ``impl`` picks the connections' kernels, see
-        :mod:`hclib.kernels.dispatch`). Under the CLI, ``vocab_size`` comes from the corpus
-        and ``block_size`` from ``data.block_size``.
+    The model arguments are :class:`hclib.models.GPTConfig`'s fields, same names and
+    defaults. Under the CLI, ``vocab_size`` comes from the corpus and ``block_size`` from
+    ``data.block_size``.
 
-    Args (optimisation):
+    Args:
+        vocab_size: tokens in the vocabulary (linked from the corpus by the CLI).
+        block_size: longest sequence, the RoPE tables' length (linked from data.block_size).
+        n_layer: transformer blocks; each has two connections (attention, feed-forward).
+        n_head: attention heads; must divide d_model, with an even head width for RoPE.
+        d_model: model width d.
+        mlp: feed-forward layer, "swiglu" or "gelu".
+        mlp_ratio: GELU hidden width = ratio * d; SwiGLU's is 2/3 of that, to a multiple of 8.
+        connection: how the sublayers are joined: "residual", "hc", "fc" or "mhc".
+        n: streams (expansion rate) of hc and mhc.
+        m: fractions of fc; must divide d_model.
+        dynamic: input-dependent weights for hc and fc (DHC, DFC); false: static.
+        output_init_scale: HC's sqrt(n) init of the output projections: "none",
+            "divide_sqrt_n" or "multiply_sqrt_n".
+        rope_theta: RoPE base.
+        norm_eps: RMSNorm epsilon.
+        dropout: attention and branch dropout probability.
+        tie_embeddings: the output layer shares the embedding matrix.
+        init_std: std of the linear and embedding weights at init.
+        moe_layers: blocks (0-based) whose feed-forward layer is a mixture of experts.
+        n_experts: routed experts per MoE layer.
+        top_k: experts per token.
+        moe_hidden: hidden width of each expert (None: the dense SwiGLU's).
+        shared_expert: one always-on expert beside the routed ones.
+        aux_loss_coef: weight of the MoE load-balancing loss (from global expert counts).
+        z_loss_coef: weight of the MoE router z-loss.
+        state_dtype: the carried state under autocast: "autocast" holds it in the autocast
+            dtype (bfloat16 under bf16-mixed), "weights" in the weights' dtype (float32).
+            The connections' coefficients are float32 either way.
+        impl: the connections' kernels: "auto", "torch", "compile" or "triton"
+            (hclib.kernels.dispatch).
         lr: peak learning rate of AdamW.
-        min_lr_ratio: the cosine's floor as a fraction of ``lr``.
-        warmup_steps: linear warmup steps.
-        decay_steps: step where the cosine reaches its floor (None: ``trainer.max_steps``).
-        weight_decay: decay of the matrices; norms, biases, gates and the connections' static
-            weights take none (:func:`hclib.param_groups`).
-        betas, eps: AdamW's.
-        compile: ``torch.compile`` the model (or each layer, with ``recompute``).
+        min_lr_ratio: the cosine's floor as a fraction of lr.
+        warmup_steps: linear warmup steps; a warmup as long as the run is shortened to a
+            tenth of it, with a warning.
+        decay_steps: step where the cosine reaches its floor (None: trainer.max_steps).
+        weight_decay: AdamW decay of the matrices; norms, biases, gates and the
+            connections' static weights take none (hclib.param_groups).
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        compile: torch.compile the model (or each layer, with recompute).
         recompute: activation recomputation: keep only each layer's input and recompute its
-            connection and branch in the backward pass (``torch.utils.checkpoint``). Saves
-            most activation memory for one more forward pass.
+            connection and branch in the backward pass (torch.utils.checkpoint).
+        init_from: a checkpoint (a .ckpt file or a sharded checkpoint folder) whose weights
+            start a new run, with a fresh optimizer and schedule; the architecture must match.
 
     Logged: ``train/loss`` (the optimised loss), ``train/ce`` (its cross-entropy part),
-    ``val/loss`` (cross-entropy), and for MoE models ``moe/aux_loss/block{b}``,
-    ``moe/z_loss/block{b}``, ``moe/load/block{b}/expert{e}`` (fraction of assignments) and
-    ``moe/load_max/block{b}`` (the busiest expert's load times ``n_experts``: 1 is balanced).
+    ``val/loss`` (cross-entropy; ``test/loss`` under ``python -m hclib.train test``, which
+    evaluates the validation split), and for MoE models ``moe/aux_loss/block{b}``,
+    ``moe/z_loss/block{b}``, ``moe/load/block{b}/expert{e}`` (fraction of assignments over
+    all ranks) and ``moe/load_max/block{b}`` (the busiest expert's load times ``n_experts``:
+    1 is balanced).
+
+    Under Lightning's ``ModelParallelStrategy`` (``configs/fsdp.yaml``),
+    :meth:`configure_model` shards the model with FSDP2 (:func:`hclib.training.shard_gpt`).
     """
 
     def __init__(
@@ -82,6 +119,7 @@ class GPTModule(pl.LightningModule):
         shared_expert: bool = False,
         aux_loss_coef: float = 0.01,
         z_loss_coef: float = 0.001,
+        state_dtype: Literal["autocast", "weights"] = "autocast",
         impl: Literal["auto", "torch", "compile", "triton"] = "auto",
         lr: float = 3e-4,
         min_lr_ratio: float = 0.1,
@@ -92,6 +130,7 @@ class GPTModule(pl.LightningModule):
         eps: float = 1e-8,
         compile: bool = False,
         recompute: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,11 +140,14 @@ class GPTModule(pl.LightningModule):
         values["moe_layers"] = list(moe_layers or [])
         self.cfg = GPTConfig(**values)
         self.model = GPT(self.cfg)
+        if init_from is not None:
+            load_weights(self.model, init_from)
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if decay_steps is not None and decay_steps <= warmup_steps:
             raise ValueError(f"decay_steps={decay_steps} must exceed warmup_steps={warmup_steps}")
         self.recompute = bool(recompute)
+        self.model.recompute = self.recompute
         self.moe_blocks = list(self.cfg.moe_layers)
         if compile:
             if self.recompute:
@@ -120,31 +162,9 @@ class GPTModule(pl.LightningModule):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``GPT.forward``: logits ``(B, T, vocab)`` and, with targets, the loss; with
-        ``recompute`` each layer's activations are recomputed in the backward pass."""
-        if not self.recompute:
-            return self.model(idx, targets)
-        return self._recomputed_forward(idx, targets)
-
-    def _recomputed_forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # GPT.forward step by step, each layer under checkpoint; tests check the two agree.
-        model, cfg = self.model, self.cfg
-        H = model.state(idx)  # (B, T, d), (B, T, n, d) or (B, T, m, d/m)
-        for layer in model.layers:
-            if torch.is_grad_enabled():
-                H = checkpoint(layer, H, use_reentrant=False)
-            else:
-                H = layer(H)
-        logits = model.head(model.final_norm(leave_state(cfg.connection, H)))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
-        )
-        for moe in model.moe_modules():
-            loss = loss + cfg.aux_loss_coef * moe.aux_loss + cfg.z_loss_coef * moe.z_loss
-        return logits, loss
+        ``recompute`` each layer's activations are recomputed in the backward pass
+        (``GPT.recompute``, inside the model's own forward, so FSDP's hooks see it)."""
+        return self.model(idx, targets)
 
     def _aux_total(self) -> torch.Tensor | float:
         cfg = self.cfg
@@ -201,6 +221,20 @@ class GPTModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
         return loss
 
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """``python -m hclib.train test``: the validation loss, logged as ``test/loss``."""
+        x, y = batch[0], batch[1]
+        logits, _ = self(x)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        self.log("test/loss", loss, sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_model(self) -> None:
+        """Shard the model with FSDP2 under ``ModelParallelStrategy`` (a no-op otherwise)."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None:
+            shard_gpt(self.model, mesh)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         groups = param_groups(self.model, hp.weight_decay)
@@ -215,7 +249,14 @@ class GPTModule(pl.LightningModule):
                 raise ValueError(
                     "the cosine schedule needs a length: set trainer.max_steps or model.decay_steps"
                 )
-        schedule = WarmupCosine(hp.warmup_steps, total, hp.min_lr_ratio)
+        warmup = hp.warmup_steps
+        if warmup >= total:
+            warmup = total // 10
+            rank_zero_warn(
+                f"model.warmup_steps={hp.warmup_steps} is not shorter than the run's "
+                f"{total} steps; warming up for {warmup} steps instead"
+            )
+        schedule = WarmupCosine(warmup, total, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
