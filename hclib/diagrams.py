@@ -125,7 +125,7 @@ def draw_split_vs_copies(d: int, n: int, m: int, ax=None, cmap: str = "viridis")
     for label, image, x0, y0, edge in blocks:
         rows, cols = image.shape
         ax.imshow(
-            image[::-1],
+            image,  # row 0 on top, as H is written
             cmap=cmap,
             vmin=0,
             vmax=d - 1,
