@@ -610,13 +610,13 @@ print("our read-out (0.9):  streams still copies after 20 steps:", stream_spread
 # ### The write-in: why $2\sigma$
 #
 # HC starts every write-in weight at $B = 1$ (HC Eq. 14), which is what makes its initial network
-# a Pre-Norm network ({doc}`02_hyper_connections`). mHC wants $H^{\mathrm{post}}$ non-negative and
-# bounded, so it passes a logit $z$ through a sigmoid. $\sigma(z)$ alone lies in $(0, 1)$ and can
-# only reach 1 as $z \to \infty$, where its slope vanishes. $2\sigma(z)$ lies in $(0, 2)$, equals
-# exactly 1 at $z = 0$, and $z = 0$ is where the sigmoid is steepest:
-# $\frac{d}{dz} 2\sigma(z) = 2\sigma(z)\big(1 - \sigma(z)\big)$ peaks there at $1/2$. So the gate
-# starts at HC's $B = 1$ with a zero bias, is as sensitive to training there as it will ever be,
-# and can move both ways, damping a branch towards 0 or doubling it.
+# a Pre-Norm network ({doc}`Chapter 2 <02_hyper_connections>`). mHC wants $H^{\mathrm{post}}$
+# non-negative and bounded, so it passes a logit $z$ through a sigmoid. $\sigma(z)$ alone lies in
+# $(0, 1)$ and can only reach 1 as $z \to \infty$, where its slope vanishes. $2\sigma(z)$ lies in
+# $(0, 2)$, equals exactly 1 at $z = 0$, and $z = 0$ is where the sigmoid is steepest:
+# $\frac{d}{dz} 2\sigma(z) = 2\sigma(z)\big(1 - \sigma(z)\big)$ peaks there at $1/2$. So the
+# gate starts at HC's $B = 1$ with a zero bias, is as sensitive to training there as it will
+# ever be, and can move both ways, damping a branch towards 0 or doubling it.
 
 # %% tags=["nbval-check-output"]
 z = torch.linspace(-6, 6, 1201, dtype=torch.float64, requires_grad=True)
@@ -769,10 +769,11 @@ print(f"  largest |entry - 1/4| of the product: {(P60 - 0.25).abs().max():.3f}")
 # **No negative weights.** The sigmoids and the exponential inside Sinkhorn-Knopp make every
 # entry of $H^{\mathrm{pre}}$, $H^{\mathrm{post}}$ and $H^{\mathrm{res}}$ positive, which is the
 # point (the paper: it "prevents signal cancellation"). It also rules out what the HC paper finds
-# trained HC doing (HC Section 4.5, Eqs. 28-29; see {doc}`04_what_hyper_connections_express`):
-# storing a long-range connection as a pair of streams with opposite signs, which cancel in the
-# sum the output reads, and removing the embedding from the output. With mHC the embedding
-# reaches the output with weight exactly $n$ (checked above) for as long as the network trains.
+# trained HC doing (HC Section 4.5, Eqs. 28-29;
+# see {doc}`Chapter 4 <04_what_hyper_connections_express>`): storing a long-range connection as a
+# pair of streams with opposite signs, which cancel in the sum the output reads, and removing the
+# embedding from the output. With mHC the embedding reaches the output with weight exactly $n$
+# (checked above) for as long as the network trains.
 #
 # **Where the gain comes from.** The mHC paper ablates HC itself, switching its three mappings on
 # one at a time and replacing the disabled ones by fixed values ($H^{\mathrm{pre}} = 1/n$,
@@ -899,6 +900,7 @@ def gains_over_depth(res: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+# %%
 data = make_toy_data()
 x_probe = data.x_val[:512]
 res_trained, gains, acc = {}, {}, {}
@@ -1066,8 +1068,8 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
 # Now the columns are normalised last, so every column sums to 1 and the **backward** gain is
 # exactly 1, for one matrix and, since $\mathbf 1^\top P Q = \mathbf 1^\top Q = \mathbf 1^\top$, for
 # any product; the forward gain carries the truncation error instead. mHC's order protects the
-# forward signal exactly and the gradients approximately; with 20 iterations and moderate
-# logits the difference is a fraction of a per cent either way.
+# forward signal exactly and the gradients approximately; with 20 iterations the difference
+# either way is the column error measured in {numref}`fig-06-sk-convergence`.
 # ```
 #
 # ```{exercise} mHC with one stream
