@@ -319,6 +319,9 @@ print("from-scratch dynamic FC (Eqs. 11-14) equals hclib.FracConnection:", True)
 scale = layer.alpha_scale.abs().item()
 within = bool(((Y - torch.eye(m, dtype=Y.dtype)).abs() <= scale).all())
 print("every dynamic entry of Y within |s_alpha| of the static one:", within)
+whole = nn.functional.layer_norm(H.flatten(-2), (d,)).unflatten(-1, H.shape[-2:])  # over all d
+differs = not torch.allclose(whole, nn.functional.layer_norm(H, (d // m,)))
+print("normalising each fraction differs from normalising the whole d-vector:", differs)
 
 # %% [markdown]
 # Which of these parts matter? The paper's ablation (FC Figure 4, OLMoE-1.3B, relative to dynamic
