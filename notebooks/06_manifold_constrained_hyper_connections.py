@@ -691,8 +691,10 @@ print(f"layer -> output minus its write-in total: largest {gap:.0e}")
 # streams: each $P_t$ routes whole streams to new places, and the weights say how often. The proof
 # is an algorithm. A doubly stochastic matrix always has a permutation that touches only positive
 # entries (Hall's marriage theorem); subtract that permutation, weighted by its smallest entry,
-# and what is left is a multiple of a doubly stochastic matrix with one more zero. Repeat until
-# nothing is left, at most $(n-1)^2 + 1$ times. Finding a permutation on the positive entries is
+# and what is left is a multiple of a doubly stochastic matrix with at least one more zero.
+# Repeat until nothing is left: at most $n^2 - n + 1$ steps, since the last one removes $n$
+# entries (a decomposition with at most $(n-1)^2 + 1$ terms always exists, but this greedy loop
+# does not promise to find one that short). Finding a permutation on the positive entries is
 # an assignment problem, which `scipy.optimize.linear_sum_assignment` solves; we ask for the one
 # whose entries have the largest product (smallest sum of $-\log$) and sort the terms by weight
 # at the end.
@@ -725,7 +727,8 @@ weights, perms = birkhoff(D)
 
 # %% tags=["nbval-check-output"]
 rebuilt = sum(w * np.eye(4)[p] for w, p in zip(weights, perms, strict=True))
-print(f"{len(weights)} permutations (at most (n-1)^2 + 1 = 10), weights sum to {sum(weights):.6f}")
+print(f"{len(weights)} permutations (the loop's bound: n^2 - n + 1 = 13)")
+print(f"weights sum to {sum(weights):.6f}, all positive: {min(weights) > 0}")
 print(f"largest weights: {[round(w, 3) for w in weights[:3]]}")
 print("sum_t w_t P_t reproduces M to 1e-10:", bool(np.abs(rebuilt - D).max() < 1e-10))
 
