@@ -623,7 +623,8 @@ z = torch.linspace(-6, 6, 1201, dtype=torch.float64, requires_grad=True)
 (2 * torch.sigmoid(z)).sum().backward()
 slope = z.grad
 print(f"2 sigmoid(0) = {2 * torch.sigmoid(torch.tensor(0.0)).item():.1f}")
-print(f"slope of 2 sigmoid: largest at z = {z[slope.argmax()].item():.2f}, value {slope.max():.3f}")
+steepest = z[slope.argmax()].abs()
+print(f"slope of 2 sigmoid: largest at |z| = {steepest:.2f}, value {slope.max():.3f}")
 fresh = hclib.ManifoldHyperConnection(8, nn.Identity(), n=4)
 print("hclib's post bias at init:", fresh.bias[4:8].tolist(), "-> H_post = 1")
 
@@ -655,7 +656,7 @@ ds = hclib.sinkhorn_knopp(2.0 * torch.randn(4, 4, dtype=torch.float64), iters=20
 hc_like = torch.eye(4, dtype=torch.float64) + 0.1 * torch.randn(4, 4, dtype=torch.float64)
 for name, mix in (("doubly stochastic", ds), ("HC-like I + 0.1 G", hc_like)):
     change = (hclib.reduce_streams(mix @ x_streams) - hclib.reduce_streams(x_streams)).abs().max()
-    print(f"{name:18s}: largest change of the sum of the streams {change:.1e}")
+    print(f"{name:18s}: sum of the streams unchanged (to 1e-12): {bool(change < 1e-12)}")
 
 torch.set_default_dtype(torch.float64)
 try:
@@ -679,7 +680,7 @@ print(f"layer -> output minus its write-in total: largest {gap:.0e}")
 
 # %% [markdown]
 # The doubly stochastic mixing leaves the sum untouched to rounding; a mixing matrix that is only
-# near the identity changes it at once. In the stack, every layer's weight in the output is its
+# near the identity changes it. In the stack, every layer's weight in the output is its
 # write-in total, up to the truncation error of 20 Sinkhorn-Knopp iterations.
 #
 # ### A doubly stochastic matrix is an average of permutations
@@ -983,7 +984,7 @@ show_figure(fig, "fig-06-stream-flow")
 # stream into every other, the averaging that doubly stochastic mixing implies.
 # ```
 
-# %% tags=["nbval-check-output"]
+# %%
 for kind, label in (("hc", "HC "), ("mhc", "mHC")):
     res = res_trained[kind]
     off = res[:, ~torch.eye(4, dtype=torch.bool)]  # off-diagonal entries  (depth, 12)
@@ -991,6 +992,11 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
         f"{label}: negative entries {int((res < 0).sum())} of {res.numel()}; "
         f"smallest entry {res.min():.4f}; mean off-diagonal entry {off.mean():.4f}"
     )
+
+# %% tags=["nbval-check-output"]
+# trained values vary a little between machines: the checked lines state the signs only
+print("HC: some token-averaged mixing entries are negative:", bool((res_trained["hc"] < 0).any()))
+print("mHC: every entry positive:", bool((res_trained["mhc"] > 0).all()))
 
 # %% [markdown]
 # **What reproduces at this scale, and what does not.** The mechanism does: after a short training
