@@ -734,7 +734,7 @@ print(f"largest weights: {[round(w, 3) for w in weights[:3]]}")
 print("sum_t w_t P_t reproduces M to 1e-10:", bool(np.abs(rebuilt - D).max() < 1e-10))
 
 # %% tags=["remove-output"]
-fig = draw_permutation_sum(D, weights, perms, color("mhc"), max_terms=5)
+fig = draw_permutation_sum(D, weights, perms, color("mhc"), max_terms=4)
 show_figure(fig, "fig-06-birkhoff")
 
 # %% [markdown]
@@ -742,7 +742,7 @@ show_figure(fig, "fig-06-birkhoff")
 # :name: fig-06-birkhoff
 #
 # A doubly stochastic $4\times 4$ matrix $M$ (left) written as a weighted sum of permutation
-# matrices, computed with `linear_sum_assignment`; the largest five terms are drawn and the rest
+# matrices, computed with `linear_sum_assignment`; the largest four terms are drawn and the rest
 # summarised. Each permutation routes every stream to exactly one stream; $M$ routes them
 # at random with these probabilities.
 # ```
@@ -965,7 +965,7 @@ for kind, label in (("hc", "HC "), ("mhc", "mHC")):
 
 # %% tags=["remove-output"]
 FLOW_LAYERS = 8
-fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), sharey=True)
+fig, axes = plt.subplots(2, 1, figsize=(7.0, 5.0), sharex=True)
 for ax, kind, label in zip(axes, ("hc", "mhc"), ("HC", "mHC"), strict=True):
     draw_stream_flow(res_trained[kind][:FLOW_LAYERS], ax, color(kind), f"{label}, trained")
 fig.tight_layout()
@@ -976,7 +976,7 @@ show_figure(fig, "fig-06-stream-flow")
 # :name: fig-06-stream-flow
 #
 # The token-averaged stream mixing $H^{\mathrm{res}}$ of the first eight layers of the trained
-# toy networks, HC (left) and mHC (right). A band from stream $i$ at one layer boundary to stream
+# toy networks, HC (top) and mHC (bottom). A band from stream $i$ at one layer boundary to stream
 # $j$ at the next has a width proportional to $\sqrt{|H^{\mathrm{res}}_{ji}|}$, so that entries
 # of a few hundredths stay visible beside diagonal entries near 1; dashed vermilion bands
 # are negative entries, which only HC has. Both stay close to their initial mixing; HC's small

@@ -83,8 +83,15 @@ def test_mixing_heatmap_marks_sums_that_are_not_one():
 def test_permutation_sum_has_one_panel_per_term_and_one_for_the_rest():
     M = 0.5 * np.eye(3) + 0.3 * np.eye(3)[[1, 2, 0]] + 0.2 * np.eye(3)[[2, 0, 1]]
     perms = [np.arange(3), np.array([1, 2, 0]), np.array([2, 0, 1])]
-    assert len(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black").axes) == 1 + 3
-    assert len(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black", 2).axes) == 1 + 2 + 1
+
+    def panels(fig):
+        heatmaps = sum(bool(ax.images) for ax in fig.axes)
+        rest = [t.get_text() for ax in fig.axes for t in ax.texts if "more" in t.get_text()]
+        return heatmaps, rest
+
+    assert panels(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black")) == (1 + 3, [])
+    heatmaps, rest = panels(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black", 2))
+    assert heatmaps == 1 + 2 and rest == ["+ 1 more\nterms, total\nweight 0.200"]
 
 
 def test_stream_flow_draws_negative_entries_dashed():
