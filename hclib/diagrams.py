@@ -405,7 +405,7 @@ def draw_split_vs_copies(d: int, n: int, m: int, ax=None, cmap: str = "viridis")
     for label, image, x0, y0, edge in blocks:
         rows, cols = image.shape
         ax.imshow(
-            image[::-1],
+            image,  # row 0 on top, as H is written
             cmap=cmap,
             vmin=0,
             vmax=d - 1,
@@ -477,27 +477,32 @@ def draw_permutation_sum(M, weights, perms, color: str, max_terms: int = 5):
     shown = min(max_terms, len(weights))
     rest = float(np.sum(weights[shown:]))
     panels = shown + 1 + (rest > 0)
-    fig, axes = plt.subplots(1, panels, figsize=(1.55 * panels, 2.1))
+    cols = min(panels, 3)
+    rows = -(-panels // cols)  # ceiling
+    fig, grid = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.3 * rows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[panels:]:
+        _blank(ax)
     draw_mixing_heatmap(M, axes[0], color, "M", sums=False)
     for t in range(shown):
         P = np.zeros((n, n))
         P[np.arange(n), np.asarray(perms[t])] = 1.0
         draw_mixing_heatmap(P, axes[t + 1], color, f"{weights[t]:.3f} x", sums=False)
     if rest > 0:
-        ax = axes[-1]
+        ax = axes[panels - 1]
         ax.text(
             0.5,
             0.5,
             f"+ {len(weights) - shown} more\nterms, total\nweight {rest:.3f}",
             ha="center",
             va="center",
-            fontsize=9,
+            fontsize=10,
             transform=ax.transAxes,
         )
         _blank(ax)
     for t in range(1, shown + 1):  # "=" after M, "+" between the terms
         sign = "=" if t == 1 else "+"
-        axes[t].text(-0.9, (n - 1) / 2, sign, ha="center", va="center", fontsize=14)
+        axes[t].text(-0.85, (n - 1) / 2, sign, ha="center", va="center", fontsize=16)
     fig.tight_layout()
     return fig
 

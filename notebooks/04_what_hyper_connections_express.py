@@ -60,8 +60,9 @@ from torch.nn import functional as F
 
 import hclib
 from hclib.book import scaled
+from hclib.diagrams import draw_unfolded_network
 from hclib.models.mlp import DeepMLP
-from hclib.plotting import color, use_book_style
+from hclib.plotting import color, show_figure, use_book_style
 from hclib.toy import make_toy_data, train_toy
 
 use_book_style()
@@ -77,29 +78,13 @@ def prenorm_branch(seed):
 
 
 # %% [markdown]
-# ## Pre-Norm is the matrix $\begin{pmatrix} 0 & 1 \\ 1 & 1 \end{pmatrix}$
-#
-# Take one stream ($n = 1$), so $A_m$, $A_r$ and $B$ are numbers. With all three equal to one,
-# the layer reads $h_0 = h$, keeps $h' = h$ and adds the branch output: $\hat h = T(h) + h$.
-# That is the Pre-Norm residual connection, as long as $T$ carries its own norm at its input
-# ($T := T \circ \operatorname{Norm}$, which is how every branch in this book is built):
-#
-# $$\mathrm{HC}_{\text{Pre-Norm}} = \begin{pmatrix} 0 & 1 \\ 1 & 1 \end{pmatrix}
-# \qquad \text{(HC Eq. 15)}.$$
-
-# %% tags=["nbval-check-output"]
-branch = prenorm_branch(0)
-layer = hclib.HyperConnection.from_matrix(
-    torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=F64), d, branch
-)
-h = torch.randn(64, d, dtype=F64)
-out = layer(h.unsqueeze(-2)).squeeze(-2)  # one stream: (tokens, 1, d)
-torch.testing.assert_close(out, h + branch(h), rtol=0, atol=1e-14)
-torch.testing.assert_close(out, hclib.Residual(d, branch, norm="pre")(h), rtol=0, atol=1e-14)
-print("HC with [[0, 1], [1, 1]] == h + T(h) == hclib.Residual(norm='pre'):", True)
-
-# %% [markdown]
 # ## Post-Norm is an input-dependent matrix
+#
+# {doc}`Chapter 2 <02_hyper_connections>` showed that with one stream the Pre-Norm residual is
+# the HC matrix $\begin{pmatrix} 0 & 1 \\ 1 & 1 \end{pmatrix}$ (HC Eq. 15) and stated that
+# Post-Norm needs the input-dependent
+# $\begin{pmatrix} 0 & 1/\sigma \\ 1 & 1/\sigma \end{pmatrix}$ (HC Eq. 16). Here we check
+# when the second statement is exact.
 #
 # Post-Norm normalises *after* the sum: $\hat h = \operatorname{LayerNorm}(h + T(h))$. A
 # LayerNorm subtracts the mean over features, divides by the standard deviation, and applies
@@ -126,6 +111,7 @@ print("HC with [[0, 1], [1, 1]] == h + T(h) == hclib.Residual(norm='pre'):", Tru
 # `mappings`, which returns $1/\sigma$ as its write and mix weights.
 
 # %%
+torch.manual_seed(0)
 linear = nn.Linear(d, d).double()
 
 
@@ -182,10 +168,10 @@ print(f"without the assumptions: max |Eq. 16 - LayerNorm| = {error:.2f}")
 # \end{pmatrix} \qquad \text{(HC Eq. 42; Eq. 17 is } n = 2\text{)}$$
 #
 # reads stream 1 ($A_m = e_1$), leaves the streams as they are ($A_r = I$) and adds the
-# branch output to every stream ($B = \mathbf 1$). If the streams start equal, they stay equal,
-# and each is the Pre-Norm chain $h \leftarrow h + T(h)$: the extra streams carry copies and
-# add nothing. This is also what HC's initialisation (HC Eq. 14) does, except that layer $k$
-# reads stream $k \bmod n$, which makes no difference while the copies are equal.
+# branch output to every stream ($B = \mathbf 1$). It is HC's initialisation (HC Eq. 14) with
+# stream 1 read everywhere instead of stream $k \bmod n$, so the induction of
+# {doc}`Chapter 2 <02_hyper_connections>` applies unchanged: equal streams stay equal, each is the
+# Pre-Norm chain $h \leftarrow h + T(h)$, and the extra streams carry copies. A numerical check:
 
 
 # %%
@@ -389,7 +375,7 @@ def unfold(Bs, A_ms, A_rs):
 # The layers get random static matrices, and `hclib.connection_matrix` must agree too.
 
 
-# %% tags=["nbval-check-output"]
+# %%
 class FreeBranch:
     """A branch that returns a fixed output and records the input it received."""
 
@@ -401,6 +387,7 @@ class FreeBranch:
         return self.y
 
 
+# %% tags=["nbval-check-output"]
 torch.manual_seed(3)
 n, L, tokens = 3, 6, 5
 y = [torch.randn(tokens, d, dtype=F64) for _ in range(L + 1)]  # y_0 (embedding) .. y_L
@@ -431,10 +418,65 @@ print("every layer input == sum_j c_kj y_j:", True)
 # %% [markdown]
 # `hclib.connection_matrix` uses the per-token naming of chapter 3 (`pre` $= A_m$, `post`
 # $= B$, `res` $= A_r^\top$) and computes the same products. For dynamic layers it first
-# averages each layer's weights over the tokens and then composes the averages, as the HC and
-# mHC papers do for their figures. (The average of products over tokens differs from the
-# product of averages; the figures show the latter.)
+# averages each layer's weights over the tokens and then composes the averages. That is a
+# choice: the HC paper says only that its figures show averages of the per-token values, and the
+# average over tokens of the per-token products $c_{kj}$ is in general not the product of the
+# averaged weights. (The mHC paper, Chapter 6, computes its gains on mappings averaged over the
+# tokens of a sequence.)
 #
+# ## Three small networks, drawn
+#
+# Before unfolding deep networks, look at three four-layer ones with fixed matrices, drawn as
+# a network beside their unfolded matrix ({numref}`fig-04-networks`): Pre-Norm
+# ($\begin{pmatrix} 0&1\\1&1\end{pmatrix}$ in every layer), Post-Norm with the same
+# $\sigma = 1.5$ in every layer ($\begin{pmatrix} 0&1/\sigma\\1&1/\sigma\end{pmatrix}$, a
+# stand-in for the per-token $\sigma$ of a real network) and two pairs of parallel layers
+# (Eqs. 18-19).
+
+
+# %%
+def static_stack(matrices):
+    """HC layers with the given static matrices and branches that play no role."""
+    return [hclib.HyperConnection.from_matrix(M, d, nn.Identity()) for M in matrices]
+
+
+SIGMA = 1.5
+small = {
+    "Pre-Norm": static_stack([torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=F64)] * 4),
+    f"Post-Norm, sigma = {SIGMA}": static_stack(
+        [torch.tensor([[0.0, 1 / SIGMA], [1.0, 1 / SIGMA]], dtype=F64)] * 4
+    ),
+    "parallel pairs": static_stack([HC_ODD, HC_EVEN] * 2),
+}
+C_small = {name: hclib.connection_matrix(stack) for name, stack in small.items()}
+
+# %% tags=["remove-output"]
+fig, axes = plt.subplots(3, 2, figsize=(7.0, 9.6), gridspec_kw={"width_ratios": [1, 1.25]})
+keys = ("pre-norm", "post-norm", "hc")
+for (name, C), key, (ax_net, ax_mat) in zip(C_small.items(), keys, axes, strict=True):
+    draw_unfolded_network(C, ax_net, ax_mat, color(key), name)
+fig.tight_layout()
+show_figure(fig, "fig-04-networks")
+
+# %% [markdown]
+# ```{glue:figure} fig-04-networks
+# :name: fig-04-networks
+#
+# Three four-layer networks drawn as their layers (left: the embedding at the bottom, the output
+# on top, an arc from every layer to every later layer it feeds, thicker for larger weights)
+# beside their unfolded connection matrices (right; entry $(k, j)$ is how much of layer $j$'s
+# output reaches layer $k$'s input). Pre-Norm: every layer feeds every later one with weight 1.
+# Post-Norm with a fixed $\sigma = 1.5$: the weight falls by $1/\sigma$ per layer passed, so
+# each layer hears mostly its nearest predecessors. Parallel pairs (HC Eqs. 18-19): no arc from
+# layer 1 to layer 2 or from layer 3 to layer 4, the two layers of a pair read the same input,
+# and the carried signal doubles from pair to pair.
+# ```
+
+# %% tags=["nbval-check-output"]
+for name, C in C_small.items():
+    print(f"{name:20s} output row: {[round(v, 3) for v in C[-1, :-1].tolist()]}")
+
+# %% [markdown]
 # ## Four networks, four patterns
 #
 # Now we unfold four networks of the same depth and draw $C$:
@@ -476,6 +518,7 @@ parallel = [
 ]
 C_par = hclib.connection_matrix(parallel)
 
+# %%
 torch.manual_seed(0)
 hc = DeepMLP(data.in_features, data.classes, dim=DIM, depth=DEPTH, connection="hc", n=RATE)
 C_init = unfolded(hc)
@@ -497,7 +540,7 @@ print(
 )
 print("trained HC: validation accuracy above 0.6 (chance 0.125):", history["val_acc"][-1] > 0.6)
 
-# %%
+# %% tags=["remove-output"]
 C_hc_shown = C_hc.clone()
 C_hc_shown[-1] /= RATE  # the output sums n streams: divided by n, HC at init shows Pre-Norm's ones
 panels = [
@@ -527,23 +570,28 @@ for ax, (title, C, title_color, norm) in zip(axes.flat, panels, strict=True):
     ax.set_ylabel(f"target layer $k$ ({DEPTH + 1} = output)")
     ax.grid(False)
 fig.tight_layout()
-plt.show()
+show_figure(fig, "fig-04-unfolded")
 
 # %% [markdown]
-# **Figure 4.1.** Unfolded connection matrices (HC Eq. 27) of four networks of equal depth:
-# row $k$ shows how much of each earlier layer's output reaches layer $k$'s input; blank cells
-# are zero (no path). Pre-Norm: a uniform triangle of ones. Post-Norm: weights shrink the further
-# back the source layer is. Parallel blocks (log colour scale): a staircase, because the two
-# layers of a pair read the same input and the second never sees the first, with weights that
-# double from one pair to the next. Trained HC (output row divided by $n = 4$, so that HC at
-# initialisation would look exactly like the Pre-Norm panel): the learned pattern discussed
-# below. Each panel has its own colour scale.
+# ```{glue:figure} fig-04-unfolded
+# :name: fig-04-unfolded
 #
-# The Post-Norm entry $c_{kj}$ is the product of the factors $1/\sigma$ of layers
-# $j, \dots, k-1$ ({ref}`ex-04-postnorm`). In this freshly initialised toy MLP the
-# branch outputs are small next to the normalised state, so $\sigma$ is close to one and the
-# decay is slow; the first layer, whose input is the small embedding, has $\sigma < 1$ and
-# weights above one. The numbers behind the three structured panels:
+# Unfolded connection matrices (HC Eq. 27) of four networks of equal depth: row $k$ shows how
+# much of each earlier layer's output reaches layer $k$'s input; blank cells are zero (no path).
+# Pre-Norm: a uniform triangle of ones. Post-Norm: weights shrink the further back the source
+# layer is. Parallel blocks (log colour scale): a staircase, because the two layers of a pair
+# read the same input and the second never sees the first, with weights that double from one
+# pair to the next. Trained HC (output row divided by $n = 4$, so that HC at initialisation
+# would look exactly like the Pre-Norm panel): the learned pattern discussed below. Each panel
+# has its own colour scale.
+# ```
+#
+# {numref}`fig-04-unfolded` shows the four patterns at depth 12. The Post-Norm entry $c_{kj}$
+# is the product of the factors $1/\sigma$ of layers $j, \dots, k-1$ ({ref}`ex-04-postnorm`).
+# In this freshly initialised toy MLP the branch outputs are small next to the normalised
+# state, so $\sigma$ is close to one and the decay is slow; the first layer, whose input is the
+# small embedding, has $\sigma < 1$ and weights above one. The numbers behind the three structured
+# panels:
 
 # %% tags=["nbval-check-output"]
 print(
@@ -573,8 +621,9 @@ print(
 # weights near the diagonal, so that each layer leans on the few layers just below it
 # (Post-Norm-like), *and* large weights in the first columns, so that the bottom layers
 # feed almost every later layer (Pre-Norm-like), with smaller weights in between. Our toy
-# model is three orders of magnitude smaller than OLMo, trains for minutes instead of weeks,
-# and its "layers" are one linear map each. We measure the pattern rather than eyeball it:
+# model is about five orders of magnitude smaller than OLMo-1B-DHC×4 (printed below), trains
+# for a minute instead of weeks, and its "layers" are one linear map each. We measure the
+# pattern rather than eyeball it:
 # for each row $k \ge 6$ we average the weights in three regions,
 #
 # * **bottom**: the embedding and layer 1 (columns 0-1),
@@ -584,6 +633,12 @@ print(
 # and call the pattern Λ-shaped if bottom and near are both larger than middle. Pre-Norm has
 # all three equal. In the output row (divided by $n$) we take the embedding alone as the
 # bottom, since that is the connection the paper discusses there.
+
+# %% tags=["nbval-check-output"]
+toy_params = sum(p.numel() for p in hc.parameters())
+OLMO_DHC4 = 1.17715846e9  # OLMo-1B-DHC×4, HC Table 7
+print(f"toy HC model: {toy_params} parameters; OLMo-1B-DHC×4: {OLMO_DHC4:.3g}")
+print(f"ratio: 10^{np.log10(OLMO_DHC4 / toy_params):.1f}")
 
 
 # %%
@@ -637,7 +692,7 @@ print(
     bool(C_hc[-1, 0] > RATE / 2),
 )
 
-# %%
+# %% tags=["remove-output"]
 fig, ax = plt.subplots(figsize=(6.4, 3.4))
 for k, style in ((DEPTH + 1, "-"), (DEPTH, "--"), (DEPTH // 2 + 2, ":")):
     label = "output row" if k == DEPTH + 1 else f"input of layer {k}"
@@ -655,27 +710,33 @@ ax.axhline(1.0, color=color("pre-norm"), lw=1.5, label="Pre-Norm (and HC at init
 ax.set_xlabel("source layer $j$ (0 = embedding)")
 ax.set_ylabel("weight $c_{kj}$")
 ax.legend(fontsize=8, loc="upper center")
-plt.show()
+show_figure(fig, "fig-04-rows")
 
 # %% [markdown]
-# **Figure 4.2.** Three rows of the trained model's unfolded matrix, plotted against the
-# source layer (the output row divided by $n = 4$ so that all start from the same Pre-Norm
-# level of one). A Λ in the matrix is a dip in the middle of each row: high at the embedding,
-# low in the middle, high again next to the diagonal.
+# ```{glue:figure} fig-04-rows
+# :name: fig-04-rows
+#
+# Three rows of the trained model's unfolded matrix, plotted against the source layer (the
+# output row divided by $n = 4$ so that all start from the same Pre-Norm level of one). A Λ in
+# the matrix is a dip in the middle of each row: high at the embedding, low in the middle, high
+# again next to the diagonal.
+# ```
 #
 # **Does the small model show the Λ? By our measure, yes, in a weak form.** Starting from
-# Pre-Norm's flat rows, training lowered the weights of the middle layers and kept or raised
-# those of the bottom layers and of the nearest layers, in the inputs of the deep layers and in
-# the output: the dip of Figure 4.2. Three differences from the paper should be said just as
-# plainly:
+# Pre-Norm's flat rows, training left the weights of the middle layers below those of the
+# bottom layers and of the nearest layers, in the inputs of the deep layers and in the output:
+# the dip of {numref}`fig-04-rows`. All three regions move, and not all of them up: the checked
+# comparisons above are about their order, not their size. Three differences from the paper
+# should be said just as plainly:
 #
 # * the contrast is mild: the weights stay within a small factor of Pre-Norm's ones (compare
-#   the colour scales of Figure 4.1), nothing like a band that switches layers off;
-# * the embedding is *not* removed from the output: it still reaches the output with a large
-#   weight, whereas OLMo-1B-DHC×4 learns to cancel it there (HC Section 4.5);
-# * the pattern takes training to appear: with fewer steps (try `STEPS = 400`) the layers
-#   next to the diagonal weigh no more than the middle ones, and only the bottom arm of the
-#   Λ is there.
+#   the colour scales of {numref}`fig-04-unfolded`), nothing like a band that switches layers
+#   off;
+# * the embedding is *not* removed from the output: it still reaches the output with more than
+#   half of its initial weight, whereas OLMo-1B-DHC×4 learns to cancel it there (HC
+#   Section 4.5);
+# * the pattern takes training to appear, and what a shorter run learns is left to the reader:
+#   rerun the last section with a smaller `STEPS` and compare the three regions.
 #
 # Our model also cannot show the paper's other findings that depend on a transformer (attention
 # and FFN layers behaving differently) or on reading the streams separately (HC Eqs. 28-29:
@@ -685,10 +746,10 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# * Pre-Norm is the static HC matrix $\begin{pmatrix} 0 & 1 \\ 1 & 1\end{pmatrix}$ (HC Eq. 15);
-#   Post-Norm is $\begin{pmatrix} 0 & 1/\sigma \\ 1 & 1/\sigma\end{pmatrix}$ with a per-token
-#   $\sigma$ (HC Eq. 16), exact only when the sum is already centred and the norm has no
-#   affine part and no $\varepsilon$.
+# * Pre-Norm is the static HC matrix $\begin{pmatrix} 0 & 1 \\ 1 & 1\end{pmatrix}$ (HC Eq. 15,
+#   Chapter 2); Post-Norm is $\begin{pmatrix} 0 & 1/\sigma \\ 1 & 1/\sigma\end{pmatrix}$
+#   with a per-token $\sigma$ (HC Eq. 16), exact only when the sum is already centred and the
+#   norm has no affine part and no $\varepsilon$.
 # * With $n$ streams, one matrix gives a sequential stack (HC Eq. 42) and alternating matrices
 #   give parallel blocks (HC Eqs. 18-19, 54-55). We derived the even-layer matrix
 #   $\begin{pmatrix} 0&0&1\\0&1&0\\1&0&1\end{pmatrix}$ that the paper's text lost, and showed
@@ -696,6 +757,8 @@ plt.show()
 # * Any stack of HC layers unfolds into a layer-to-layer matrix with entries
 #   $c_{kj} = B^j (\prod_t A_r^t) A_m^k$ (HC Eq. 27); `hclib.connection_matrix` computes it,
 #   averaging dynamic weights over tokens.
+# * Drawn as networks ({numref}`fig-04-networks`), Pre-Norm feeds every layer from every
+#   earlier one, Post-Norm mostly from the nearest, and parallel pairs skip the partner layer.
 # * Pre-Norm unfolds to a triangle of ones, Post-Norm to weights that decay with distance,
 #   parallel blocks to a staircase. A small dynamic HC model trained on the toy task moves from
 #   Pre-Norm's triangle toward a weak Λ (bottom and nearby layers weigh more than the middle),
@@ -757,9 +820,9 @@ plt.show()
 #
 # ```{exercise} Where does the doubling come from?
 # :label: ex-04-doubling
-# In Figure 4.1 the parallel arrangement's weights double from one pair of layers to the next.
-# Which block of which matrix causes it? Change that block so that the carried signal no
-# longer grows, and check that each pair then computes $x + T_a(x) + T_b(x)$.
+# In {numref}`fig-04-unfolded` the parallel arrangement's weights double from one pair of
+# layers to the next. Which block of which matrix causes it? Change that block so that the
+# carried signal no longer grows, and check that each pair then computes $x + T_a(x) + T_b(x)$.
 # ```
 #
 # ```{solution} ex-04-doubling

@@ -29,8 +29,19 @@
 # Frac-connections {cite:p}`zhu2025fracconnections` (FC) ask how much of that freedom survives
 # if the state keeps its width $d$ and is *cut* into $m$ pieces instead. This chapter builds an
 # FC layer from its matrix, checks that it starts out as the Pre-Norm residual exactly,
-# measures what it saves in memory, and tests the paper's claim about representation
-# diversity on the toy task.
+# defines the dynamic version that every FC experiment trains, measures what FC saves in memory,
+# and tests the paper's claim about representation diversity on the toy task.
+#
+# What the paper reports (FC Tables 1, 3 and 4, Figures 4 and 5; **the paper's numbers, not
+# reproduced in this book**), for dynamic FC with $m = 4$ fractions:
+#
+# | model (training tokens) | training loss vs baseline | 7-benchmark average, baseline $\to$ FC |
+# |---|---|---|
+# | OLMoE-1.3B, mixture of experts (about 500B) | $-0.014$ | |
+# | OLMoE-7B, mixture of experts (3T) | $-0.012$ | 68.30 $\to$ 68.65 |
+# | OLMo2-1B2, dense (2T) | | 62.5 $\to$ 63.2 |
+#
+# The extra parameters are 165,056 for the dense 1.2B model (0.014%).
 
 # %%
 import subprocess
@@ -42,19 +53,16 @@ if "google.colab" in sys.modules:
 
 # %%
 # ruff: noqa: E402  (the imports follow the Colab install cell)
-import warnings
-
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
-
 import hclib
 from hclib.book import scaled
+from hclib.diagrams import draw_split_vs_copies
 from hclib.models.mlp import DeepMLP
 from hclib.models.wiring import build_connection, enter_state, leave_state
-from hclib.plotting import color, use_book_style
+from hclib.plotting import color, show_figure, use_book_style
 from hclib.toy import make_toy_data, seesaw_measures, train_toy
 
 use_book_style()
@@ -65,8 +73,8 @@ torch.set_num_threads(1)
 # %% [markdown]
 # The experiment at the end of the chapter trains three small networks. By default it runs at a
 # size that keeps the whole chapter near a minute on two CPU cores; set the environment variable
-# `HCLIB_BOOK_SIZE=full` before starting Jupyter to run the deeper, longer version that the
-# discussion refers to where it says "full size".
+# `HCLIB_BOOK_SIZE=full` before starting Jupyter to train them longer, with larger batches (the
+# text describes the default run).
 
 # %%
 DEPTH = scaled(small=32, full=32)  # blocks in the toy networks of the last section
@@ -104,7 +112,23 @@ print("elements carried: residual", h.numel(), "| FC", H_fc.numel(), "| HC", H_h
 
 # %% [markdown]
 # The split costs nothing: it is a view of the same memory. The state has $d$ elements, as the
-# residual stream does, where HC's has $n d$.
+# residual stream does, where HC's has $n d$. {numref}`fig-05-split-vs-copies` draws the two
+# states to scale.
+
+# %% tags=["remove-output"]
+ax = draw_split_vs_copies(d=16, n=4, m=4)
+ax.set_title("The carried state, one cell per number (colour: feature index)")
+show_figure(ax.figure, "fig-05-split-vs-copies")
+
+# %% [markdown]
+# ```{glue:figure} fig-05-split-vs-copies
+# :name: fig-05-split-vs-copies
+#
+# A hidden state of $d = 16$ features (top), as HC carries it with $n = 4$ streams (middle) and as
+# FC carries it with $m = 4$ fractions (bottom), drawn to scale: one cell is one number, its
+# colour the feature index. HC repeats every feature in every stream, four times the numbers; FC
+# stacks four contiguous quarters of the same vector, the same 16 numbers.
+# ```
 
 # %% [markdown]
 # ## The FC matrix
@@ -203,16 +227,122 @@ torch.testing.assert_close(out_fc, out_hc, rtol=1e-12, atol=1e-12)
 print("FC with m=1 equals HC with n=1:", True)
 
 # %% [markdown]
+# ## Dynamic FC: weights computed from each fraction
+#
+# Every FC experiment in the paper, and every FC network in this book, uses *dynamic* FC: the
+# matrix of Eq. 7 gets an input-dependent correction per token, as dynamic HC does in Chapter 3.
+# FC Eqs. 11-14 write it as
+#
+# $$
+# \begin{aligned}
+# \bar H &= \operatorname{norm}(H) \in \mathbb{R}^{m\times (d/m)} && \text{(FC Eq. 11)}\\
+# B(H) &= s_\beta \circ \tanh(\bar H W_\beta)^\top + B \in \mathbb{R}^{1\times m},
+#   \quad W_\beta \in \mathbb{R}^{(d/m)\times 1} && \text{(FC Eq. 12)}\\
+# Y(H) &= s_\alpha \circ \tanh(\bar H W_\gamma) + Y \in \mathbb{R}^{m\times m},
+#   \quad W_\gamma \in \mathbb{R}^{(d/m)\times m} && \text{(FC Eq. 13)}\\
+# A(H) &= s_\alpha \circ \tanh(\bar H W_\alpha) + A \in \mathbb{R}^{m\times m},
+#   \quad W_\alpha \in \mathbb{R}^{(d/m)\times m} && \text{(FC Eq. 14)}
+# \end{aligned}
+# $$
+#
+# Read the shapes, because they carry the design.
+#
+# - **The norm works on each fraction alone**, over its $d/m$ features, not over the whole
+#   $d$-vector: row $i$ of $\bar H$ is fraction $i$ normalised by its own mean and spread.
+#   (In HC, Eq. 10 normalises each of the $n$ streams over its $d$ features.)
+# - **Fraction $i$ computes row $i$** of every weight: $(\bar H W_\gamma)_{i,:}$ reads only
+#   $\bar H_{i,:}$. Row $i$ of $Y$ says how much fraction $i$ contributes to each of the $m$
+#   pieces of the branch input, row $i$ of $A$ where fraction $i$ goes in the carried state, and
+#   $\beta_i$ how strongly the $i$-th piece of the branch output is written into fraction $i$.
+#   The projections $W$ are shared by all fractions, so they have $d/m$ rows, not $d$.
+# - **Two learned scalars** $s_\alpha$ (shared by $Y$ and $A$) and $s_\beta$ scale the dynamic
+#   terms. They start at 0.01 and the projections at zero (FC Eq. 15), so a fresh dynamic FC layer
+#   is exactly its static matrix; the $\tanh$ keeps each dynamic entry within $\pm s$.
+#
+# `hclib.FracConnection` stores the two $m\times m$ static blocks side by side as `static_alpha`
+# $= [Y \mid A]$ and the projections as `dynamic_alpha` $= [W_\gamma \mid W_\alpha]$, the layout of
+# the paper's pseudocode (FC Algorithm 2):
+
+# %% tags=["nbval-check-output"]
+d, m = 16, 4
+layer = hclib.FracConnection(d, nn.Identity(), m=m)
+for name, p in layer.named_parameters():
+    print(f"{name:14s} {tuple(p.shape)}")
+print("norm:", layer.norm)
+
+
+# %% [markdown]
+# From scratch, the per-token weights are a few lines. We give every parameter random values
+# (at initialisation the dynamic terms are zero, which would test nothing) and compare with
+# `layer.mappings`, which returns $Y^\top$, $B$ and $A^\top$ per token (Chapter 3's naming:
+# `pre`, `post`, `res`), and then the whole layer, FC Eq. 8 with the per-token matrices.
+
+
+# %%
+def dfc_weights(layer: hclib.FracConnection, H: torch.Tensor):
+    """FC Eqs. 11-14 for H (..., m, d/m): per-token Y, A (..., m, m) and B (..., m)."""
+    m = H.shape[-2]
+    H_bar = nn.functional.layer_norm(H, H.shape[-1:], eps=layer.norm.eps)  # Eq. 11, per fraction
+    W_gamma, W_alpha = layer.dynamic_alpha[:, :m], layer.dynamic_alpha[:, m:]  # (d/m, m) each
+    Y0, A0 = layer.static_alpha[:, :m], layer.static_alpha[:, m:]  # (m, m) each
+    s_alpha, s_beta = layer.alpha_scale, layer.beta_scale
+    B = s_beta * torch.tanh(H_bar @ layer.dynamic_beta) + layer.static_beta  # Eq. 12  (..., m)
+    Y = s_alpha * torch.tanh(H_bar @ W_gamma) + Y0  # Eq. 13, row i from fraction i  (..., m, m)
+    A = s_alpha * torch.tanh(H_bar @ W_alpha) + A0  # Eq. 14  (..., m, m)
+    return Y, A, B
+
+
+def dfc_forward(layer: hclib.FracConnection, H: torch.Tensor, T) -> torch.Tensor:
+    """Dynamic FC: FC Eq. 8 with the per-token weights of Eqs. 11-14."""
+    Y, A, B = dfc_weights(layer, H)
+    h0 = (Y.transpose(-1, -2) @ H).flatten(-2)  # concat(Y^T H)  (..., d)
+    y = T(h0).unflatten(-1, H.shape[-2:])  # split(T(h0))  (..., m, d/m)
+    return B.unsqueeze(-1) * y + A.transpose(-1, -2) @ H  # (..., m, d/m)
+
+
+# %% tags=["nbval-check-output"]
+torch.manual_seed(2)
+T = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()).double()
+layer = hclib.FracConnection(d, T, m=m).double()
+with torch.no_grad():
+    for p in layer.parameters():
+        if p is not layer.static_alpha and p is not layer.static_beta:  # keep Y = A = I, B = 1
+            p.copy_(torch.randn_like(p))
+H = torch.randn(5, 7, m, d // m, dtype=torch.float64)  # (B, T, m, d/m)
+Y, A, B = dfc_weights(layer, H)
+maps = layer.mappings(H)
+torch.testing.assert_close(Y.transpose(-1, -2), maps.pre, rtol=1e-12, atol=1e-12)
+torch.testing.assert_close(A.transpose(-1, -2), maps.res, rtol=1e-12, atol=1e-12)
+torch.testing.assert_close(B, maps.post, rtol=1e-12, atol=1e-12)
+torch.testing.assert_close(dfc_forward(layer, H, T), layer(H), rtol=1e-12, atol=1e-12)
+print("from-scratch dynamic FC (Eqs. 11-14) equals hclib.FracConnection:", True)
+scale = layer.alpha_scale.abs().item()
+within = bool(((Y - torch.eye(m, dtype=Y.dtype)).abs() <= scale).all())
+print("every dynamic entry of Y within |s_alpha| of the static one:", within)
+whole = nn.functional.layer_norm(H.flatten(-2), (d,)).unflatten(-1, H.shape[-2:])  # over all d
+differs = not torch.allclose(whole, nn.functional.layer_norm(H, (d // m,)))
+print("normalising each fraction differs from normalising the whole d-vector:", differs)
+
+# %% [markdown]
+# Which of these parts matter? The paper's ablation (FC Figure 4, OLMoE-1.3B, relative to dynamic
+# FC with $m = 2$; **the paper's result**, not measured here) removes one at a time: removing the
+# rescaling $s_\alpha, s_\beta$ hurts most, removing the $\tanh$ less, and removing the norm least,
+# though still measurably. Dynamic FC with $m = 4$ beats static FC with $m = 4$, which beats the
+# baseline.
+
+# %% [markdown]
 # ## At initialisation, FC is Pre-Norm exactly
 #
 # FC Eq. 15 initialises every layer with $Y = A = I$, $B = \mathbf{1}$ and the dynamic
-# projections at zero (so the dynamic terms $s \tanh(\cdot)$ of FC Eqs. 12-14 vanish). Put these
+# projections at zero (so the dynamic terms $s \tanh(\cdot)$ of FC Eqs. 12-14 vanish, as in the
+# previous section). Put these
 # into Eq. 8: $h_0 = \operatorname{concat}(H) = h$, and
 # $H^k = \operatorname{split}(T^k(h)) + H^{k-1} = \operatorname{split}\big(h + T^k(h)\big)$.
 # Every FC layer is then the Pre-Norm layer $h \mapsto h + T(h)$ acting on a reshaped vector,
 # and the final concatenation returns the Pre-Norm hidden state itself.
 #
-# Contrast HC (Chapter 2): its initialisation also reproduces Pre-Norm, but every one of the $n$
+# Contrast HC ({doc}`Chapter 2 <02_hyper_connections>` derives it): its initialisation also
+# reproduces Pre-Norm, but every one of the $n$
 # streams carries the Pre-Norm state, so their sum at the end is $n$ times it and only the final
 # norm removes the factor. FC has no such factor, and unlike HC's $e_{k \bmod n}$ read-out its
 # initialisation does not depend on the layer index.
@@ -342,7 +472,7 @@ print("HC Appendix B estimate of HC's extra per module, n:", 4)
 # The sweep below makes the scaling visible: HC's cost grows linearly with the number of
 # streams, FC's barely grows with the number of fractions.
 
-# %%
+# %% tags=["remove-output"]
 rates = [1, 2, 4, 8]
 mem = {kind: [saved_activations(kind, r, True) for r in rates] for kind in ("fc", "hc")}
 mem["residual"] = saved_activations("residual", 1, True)
@@ -364,16 +494,22 @@ ax.set_xlabel("expansion rate n (HC) or frac-rate m (FC)")
 ax.set_ylabel("saved activations\n(d-vectors per token per layer)")
 ax.set_title("Activation memory kept for the backward pass (measured)")
 ax.legend()
-plt.show()
+show_figure(fig, "fig-05-memory")
 
 # %% [markdown]
-# **Figure 5.1.** Activation memory that autograd keeps for the backward pass, measured with
-# saved-tensor hooks over an 8-layer stack of the toy blocks ($d = 256$, float32), in units of one
-# $d$-wide vector per token and layer. HC (blue) grows linearly with $n$, about three times as
-# fast as the paper's estimate of $n$ per module (dotted), because our reference implementation
-# keeps the state, the mixed state, the normalised state and the branch output; FC (green) stays
-# a few vectors above Pre-Norm for every $m$. At $n = m = 1$ the two are the same layer and cost
-# the same.
+# ```{glue:figure} fig-05-memory
+# :name: fig-05-memory
+#
+# Activation memory that autograd keeps for the backward pass, measured with saved-tensor hooks
+# over an 8-layer stack of the toy blocks ($d = 256$, float32), in units of one $d$-wide vector
+# per token and layer. HC (blue) grows linearly with $n$, about three times as fast as the
+# paper's estimate of $n$ per module (dotted), because our reference implementation keeps the
+# state, the mixed state, the normalised state and the branch output; FC (green) stays a few
+# vectors above Pre-Norm for every $m$. At $n = m = 1$ the two are the same layer and cost the
+# same.
+# ```
+#
+# {numref}`fig-05-memory` plots the sweep; its numbers:
 
 # %% tags=["nbval-check-output"]
 print("rate:     ", rates)
@@ -432,7 +568,7 @@ for name in KINDS:
 # *dissimilarity* $1 - \cos$ on a logarithmic axis, where a factor of two between two curves is
 # as visible near 0.002 as near 0.1.
 
-# %%
+# %% tags=["remove-output"]
 fig, ax = plt.subplots()
 pairs = torch.arange(1, DEPTH)  # pair k compares the inputs of layers k-1 and k
 for name in KINDS:
@@ -444,15 +580,20 @@ ax.set_xlabel("layer k (compares the inputs of layers k-1 and k)")
 ax.set_ylabel("1 - cosine similarity (log scale)")
 ax.set_title(f"Adjacent-layer input dissimilarity after {STEPS} steps (depth {DEPTH})")
 ax.legend(loc="upper right")
-plt.show()
+show_figure(fig, "fig-05-similarity")
 
 # %% [markdown]
-# **Figure 5.2.** One minus the cosine similarity between the inputs of consecutive layers of
-# the trained toy networks: median over 512 validation inputs (line) and 5-95% band (shade); lower
-# means more similar inputs. All three curves fall with depth, the seesaw's collapse. HC (blue)
-# stays above the others in the deeper half, with a saw-tooth of period $n = 4$ left by its
-# initial read-out of stream $k \bmod 4$; FC (green) lies on Pre-Norm's curve (vermilion) or
-# slightly above it.
+# ```{glue:figure} fig-05-similarity
+# :name: fig-05-similarity
+#
+# One minus the cosine similarity between the inputs of consecutive layers of the trained toy
+# networks: median over 512 validation inputs (line) and 5-95% band (shade); lower means more
+# similar inputs. All three curves fall with depth, the seesaw's collapse. HC (blue) stays above
+# the others in the deeper half, with a saw-tooth of period $n = 4$ left by its initial read-out
+# of stream $k \bmod 4$; FC (green) lies on Pre-Norm's curve (vermilion) or slightly above it.
+# ```
+#
+# The averages over the deeper half of {numref}`fig-05-similarity`:
 
 # %% tags=["nbval-check-output"]
 deep = slice((DEPTH - 1) // 2, None)  # the deeper half of the layer pairs
@@ -471,17 +612,16 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 # deeper half of the network is about 2.4 times further from perfect similarity. FC sits on the
 # right side of Pre-Norm, but barely (1.1 times): at two decimals the mean similarities are equal,
 # and a margin this small is of the size that a different seed or a different machine could
-# move. Run the chapter with `HCLIB_BOOK_SIZE=full` (ten times more training at a larger batch)
-# to see whether the margin grows with training; in our runs it did, and the three curves
-# separated in the paper's order.
+# move. Whether it grows with training is an experiment for the reader: run the chapter with
+# `HCLIB_BOOK_SIZE=full`, which trains ten times longer at a larger batch.
 #
 # Why FC's effect is so much weaker than HC's at this scale: the only ways FC can make
 # consecutive inputs differ are the mixing matrices $Y$ and $A$, which start at the identity and
 # whose dynamic parts are scaled by $s_\alpha = 0.01$, and the per-fraction weights $B$. HC has
 # the same slow weights, but its initialisation already routes each layer through a different
 # stream ($e_{k \bmod n}$), which training amplifies as soon as the streams start to differ; FC
-# starts every layer from the same identity read-out. A few hundred steps on a 64-wide MLP move
-# FC's weights little. The paper's curve comes from a 7B mixture-of-experts model trained on
+# starts every layer from the same identity read-out. A short training run on a 64-wide MLP
+# moves FC's weights little. The paper's curve comes from a 7B mixture-of-experts model trained on
 # trillions of tokens, and nothing here contradicts it; what the toy task shows is that FC's
 # diversity gain, if any, comes slowly, and that it costs nothing in accuracy.
 
@@ -494,6 +634,12 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 #   (FC Eq. 7): $Y$ mixes fractions into the branch input, which is their concatenation;
 #   $B$ scales each fraction of the branch output elementwise; $A$ mixes the state (FC Eq. 8).
 #   Our ten-line version equals `hclib.FracConnection.from_matrix`, and $m = 1$ is HC with $n = 1$.
+# - Dynamic FC (FC Eqs. 11-14) adds $s \tanh(\bar H W)$ to each block, computed per token from
+#   each fraction normalised over its own $d/m$ features: fraction $i$ sets row $i$ of $Y$ and
+#   $A$ and the weight $\beta_i$, with shared projections $W_\gamma, W_\alpha \in
+#   \mathbb{R}^{(d/m)\times m}$, $W_\beta \in \mathbb{R}^{d/m}$ and two scales that start at 0.01.
+#   Our version equals `hclib.FracConnection`; the paper's ablation ranks the scales as the most
+#   important part and the norm as the least.
 # - With $Y = A = I$, $B = \mathbf{1}$ (FC Eq. 15) every layer is $h + T(h)$: a stack of FC
 #   layers equals the Pre-Norm stack bit for bit in float64, with no factor $m$ (HC's sum of
 #   streams carries a factor $n$).
@@ -589,3 +735,9 @@ print("ordering Pre-Norm > FC > HC (similarity):", dissim["pre-norm"] < dissim["
 # from fraction to fraction. There is no symmetry to break, and the identity read-out, which
 # passes the whole state to the branch, is the natural Pre-Norm choice.
 # ```
+
+# %% tags=["remove-cell", "nbval-check-output"]
+# The count quoted in the solution of ex-05-params (hidden in the book).
+dfc = hclib.FracConnection(2048, nn.Identity(), m=4, norm="rms", norm_affine=True)
+per_module = sum(p.numel() for p in dfc.parameters())
+print(f"dynamic FC module, d=2048, m=4: {per_module}; 32 modules: {32 * per_module}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -21,7 +23,7 @@ from hclib.diagrams import (  # noqa: E402
     draw_stream_flow,
     draw_unfolded_network,
 )
-from hclib.plotting import PALETTE, set_log_ticks  # noqa: E402
+from hclib.plotting import PALETTE, set_log_ticks, show_figure  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +83,15 @@ def test_mixing_heatmap_marks_sums_that_are_not_one():
 def test_permutation_sum_has_one_panel_per_term_and_one_for_the_rest():
     M = 0.5 * np.eye(3) + 0.3 * np.eye(3)[[1, 2, 0]] + 0.2 * np.eye(3)[[2, 0, 1]]
     perms = [np.arange(3), np.array([1, 2, 0]), np.array([2, 0, 1])]
-    assert len(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black").axes) == 1 + 3
-    assert len(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black", 2).axes) == 1 + 2 + 1
+
+    def panels(fig):
+        heatmaps = sum(bool(ax.images) for ax in fig.axes)
+        rest = [t.get_text() for ax in fig.axes for t in ax.texts if "more" in t.get_text()]
+        return heatmaps, rest
+
+    assert panels(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black")) == (1 + 3, [])
+    heatmaps, rest = panels(draw_permutation_sum(M, [0.5, 0.3, 0.2], perms, "black", 2))
+    assert heatmaps == 1 + 2 and rest == ["+ 1 more\nterms, total\nweight 0.200"]
 
 
 def test_stream_flow_draws_negative_entries_dashed():
@@ -109,3 +118,21 @@ def test_set_log_ticks_labels_plain_numbers_without_minor_ticks():
     set_log_ticks(ax.yaxis, [1, 2, 5])
     assert list(ax.yaxis.get_majorticklocs()) == [1, 2, 5]
     assert len(ax.yaxis.get_minorticklocs()) == 0
+
+
+def test_show_figure_stores_the_figure_for_the_book_and_shows_it(monkeypatch):
+    myst_nb = pytest.importorskip("myst_nb")
+    calls = []
+    monkeypatch.setattr(myst_nb, "glue", lambda *a, **k: calls.append(("glue", a, k)))
+    monkeypatch.setattr(plt, "show", lambda: calls.append(("show",)))
+    fig = plt.figure()
+    show_figure(fig, "fig-test")
+    assert calls == [("glue", ("fig-test", fig), {"display": False}), ("show",)]
+
+
+def test_show_figure_only_shows_without_myst_nb(monkeypatch):
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab: the import fails
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    show_figure(plt.figure(), "fig-test")
+    assert shown == [True]
