@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -23,7 +21,7 @@ from hclib.diagrams import (  # noqa: E402
     draw_stream_flow,
     draw_unfolded_network,
 )
-from hclib.plotting import PALETTE, set_log_ticks, show_figure  # noqa: E402
+from hclib.plotting import PALETTE, set_log_ticks  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -118,21 +116,3 @@ def test_set_log_ticks_labels_plain_numbers_without_minor_ticks():
     set_log_ticks(ax.yaxis, [1, 2, 5])
     assert list(ax.yaxis.get_majorticklocs()) == [1, 2, 5]
     assert len(ax.yaxis.get_minorticklocs()) == 0
-
-
-def test_show_figure_stores_the_figure_for_the_book_and_shows_it(monkeypatch):
-    myst_nb = pytest.importorskip("myst_nb")
-    calls = []
-    monkeypatch.setattr(myst_nb, "glue", lambda *a, **k: calls.append(("glue", a, k)))
-    monkeypatch.setattr(plt, "show", lambda: calls.append(("show",)))
-    fig = plt.figure()
-    show_figure(fig, "fig-test")
-    assert calls == [("glue", ("fig-test", fig), {"display": False}), ("show",)]
-
-
-def test_show_figure_only_shows_without_myst_nb(monkeypatch):
-    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab: the import fails
-    shown = []
-    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
-    show_figure(plt.figure(), "fig-test")
-    assert shown == [True]
