@@ -3,12 +3,16 @@
 #
 #   bash dev.sh book   set up .venv/, execute every chapter and build the Jupyter Book into
 #                      book/_build/html (warnings are errors), run the demo
-#   bash dev.sh test   set up .venv/, then: lint -> unit tests -> jupytext pairing -> nbval over
-#                      the notebooks -> the book built from the notebooks' committed outputs
-#                      (no execution) -> every page checked in headless Chromium
+#   bash dev.sh test   set up .venv/ (and Chromium, where missing and allowed), then: lint ->
+#                      unit tests -> kernel resources -> the wheel in a bare venv -> jupytext
+#                      pairing -> nbval over the notebooks -> a chapter opened in JupyterLab ->
+#                      the book built from the notebooks' committed outputs (no execution) ->
+#                      every page checked in headless Chromium
 #
-# Both create .venv/ on first use and reuse it afterwards. Everything runs through
-# .venv/bin/python -m ..., so nothing needs activating.
+# Both create .venv/ on first use and reuse it afterwards, with the `dev` extra (which brings
+# `train` and `notebooks`: Lightning, JupyterLab, jupytext...) and the `book` extra. Everything
+# runs through .venv/bin/..., so nothing needs activating; `.venv/bin/jupyter lab notebooks/`
+# opens the chapters.
 #
 # `test` executes each chapter once (nbval, which also compares the outputs of the cells tagged
 # `nbval-check-output` with the committed ones); `book` executes each chapter once more to render
@@ -75,6 +79,25 @@ setup_venv() {
     step "pip install -e '.[$extras]'"
     "$PY" -m pip install -e ".[$extras]"
     touch ".venv/.stamp-$sha-${extras//,/+}"
+}
+
+# The browser checks (tests/test_jupyterlab.py, tests/test_book_render.py) need Debian's
+# chromium. Install it where it is missing and we may: as root, with apt-get, unless
+# HCLIB_INSTALL_CHROMIUM=0. Without it those tests skip and say why.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ ${HCLIB_INSTALL_CHROMIUM:-1} != 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        step "apt-get install chromium (for the browser checks)"
+        if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends chromium; }; then
+            echo "WARNING: could not install chromium; the browser checks will skip"
+        fi
+    else
+        echo "WARNING: chromium is missing and cannot be installed here (needs root and" \
+            "apt-get); the browser checks will skip"
+    fi
 }
 
 FAILED=()
@@ -159,12 +182,20 @@ build_book_from_committed_outputs() {
 
 cmd_test() {
     local start=$SECONDS
+    ensure_chromium
     setup_venv dev,book
     run "ruff check" "$PY" -m ruff check .
     run "ruff format --check" "$PY" -m ruff format --check .
     # Serial on purpose: on 2 cores, torch's own threads make `-n 2` (pytest-xdist) slower.
-    # The browser test of the built book (marker `book`) runs after the book build below.
-    run "pytest tests (unit)" "$PY" -m pytest tests -q -m "not book"
+    # The tests marked `wheel`, `jupyterlab` and `book` run as their own steps below.
+    run "pytest tests (unit)" "$PY" -m pytest tests -q -m "not book and not wheel and not jupyterlab"
+    if [[ -e benchmarks/kernel_resources.py ]]; then
+        run "kernel resources (sm_90, sm_80)" "$PY" benchmarks/kernel_resources.py --arch 90 --arch 80
+    fi
+    # sdist -> wheel -> a fresh venv with torch and the wheel, no extras: import hclib, run the
+    # README's examples, and check that commands needing an extra name it.
+    run "the wheel in a bare venv (no extras)" "$PY" -m pytest tests/test_wheel.py -q -m wheel -rs \
+        -p no:cacheprovider
     if compgen -G 'notebooks/*.ipynb' >/dev/null; then
         run "jupytext pairing" check_jupytext_pairs
         # --nbval-lax: run every cell, compare only the outputs of cells tagged
@@ -180,6 +211,8 @@ cmd_test() {
         step "jupytext pairing: no notebooks/*.ipynb yet, nothing to check"
         step "nbval over notebooks/: no notebooks/*.ipynb yet, nothing to run"
     fi
+    run "JupyterLab opens a chapter (headless Chromium)" "$PY" -m pytest tests/test_jupyterlab.py \
+        -q -m jupyterlab -rs -p no:cacheprovider
     run "book from the committed outputs (no execution)" build_book_from_committed_outputs
     if [[ " ${FAILED[*]} " == *" book from the committed outputs (no execution) "* ]]; then
         step "browser render test: skipped, the book did not build"
@@ -208,6 +241,7 @@ cmd_book() {
     fi
     printf '\nTotal: %ds\n' $((SECONDS - start))
     printf '\nThe book: %s/book/_build/html/index.html\n' "$PWD"
+    printf 'The chapters in JupyterLab: .venv/bin/jupyter lab notebooks/\n'
 }
 
 case "${1:-}" in

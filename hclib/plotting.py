@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hclib.extras import require
+
 __all__ = ["PALETTE", "color", "use_book_style"]
 
 PALETTE: dict[str, str] = {
@@ -33,7 +35,7 @@ def color(name: str) -> str:
 
 def use_book_style(**overrides: Any) -> None:
     """Set matplotlib defaults for the book's figures (sizes, grid, no top/right spines)."""
-    import matplotlib as mpl
+    mpl = require("matplotlib", "notebooks", "hclib.plotting.use_book_style")
 
     style = {
         "figure.figsize": (6.4, 3.6),
