@@ -37,7 +37,11 @@ def find_browser() -> str | None:
 class Chromium:
     """Headless Chromium with its network cut off, driven over the DevTools pipe."""
 
-    def __init__(self, executable: str, user_data_dir: Path) -> None:
+    def __init__(
+        self, executable: str, user_data_dir: Path, local_hosts: tuple[str, ...] = ()
+    ) -> None:
+        """Start Chromium; ``local_hosts`` (e.g. ``("127.0.0.1",)``) are the only hosts it
+        may reach, directly, for a test server; every other host stays unreachable."""
         commands_read, self._commands = os.pipe()  # we write commands, Chromium reads fd 3
         self._replies, replies_write = os.pipe()  # Chromium writes replies on fd 4
 
@@ -60,8 +64,10 @@ class Chromium:
             "--hide-scrollbars",
             "--mute-audio",
             # No network: every host name fails to resolve and every proxied request is refused.
-            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--host-resolver-rules=MAP * ~NOTFOUND"
+            + "".join(f", EXCLUDE {host}" for host in local_hosts),
             "--proxy-server=127.0.0.1:9",
+            *([f"--proxy-bypass-list={';'.join(local_hosts)}"] if local_hosts else []),
             f"--user-data-dir={user_data_dir}",
             f"--window-size={WIDTH},{HEIGHT}",
             "--remote-debugging-pipe",

@@ -137,7 +137,8 @@ def browser(tmp_path_factory):
     executable = find_browser()
     if executable is None:
         pytest.skip(MISSING)
-    chromium = Chromium(executable, tmp_path_factory.mktemp("chromium") / "profile")
+    profile = tmp_path_factory.mktemp("chromium") / "profile"
+    chromium = Chromium(executable, profile, local_hosts=("127.0.0.1",))
     yield chromium
     chromium.close()
 
