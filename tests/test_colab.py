@@ -4,18 +4,20 @@ The book's repository button is built from it by Jupyter Book; every chapter's "
 badge and Colab install cell repeat it (a notebook on Colab must install hclib before it can
 read any file of the repository). This file checks that they all agree with the setting, in the
 .py and in its paired .ipynb, and that each install cell asks for the extras its chapter
-imports. After changing `repository.url`, replace the old address in notebooks/*.py, then
-`jupytext --update --to ipynb` each chapter.
+imports. After changing `repository.url`, `python -m hclib.book sync-links` rewrites them all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+
+from hclib.book import sync_repository_links
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
 
@@ -121,3 +123,29 @@ def test_every_chapter_names_the_same_python3_kernel_in_py_and_ipynb(chapter):
     kernelspec = json.loads(chapter.with_suffix(".ipynb").read_text())["metadata"]["kernelspec"]
     assert kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python",
                           "name": "python3"}  # fmt: skip
+
+
+def test_sync_links_moves_every_badge_and_install_cell_to_a_new_address(tmp_path):
+    for name in ("README.md", "book/_config.yml", "notebooks/09_small_gpt.py",
+                 "notebooks/09_small_gpt.ipynb", "notebooks/10_moe_llm_with_lightning.py",
+                 "notebooks/10_moe_llm_with_lightning.ipynb"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    config = (tmp_path / "book/_config.yml").read_text()
+    (tmp_path / "book/_config.yml").write_text(
+        config.replace(f"url: {URL}", "url: https://github.com/someone/fork-of-hclib").replace(
+            f"branch: {BRANCH}", "branch: dev"
+        )
+    )
+    assert sync_repository_links(tmp_path) and not sync_repository_links(tmp_path)  # idempotent
+    for name in ("09_small_gpt", "10_moe_llm_with_lightning"):
+        for suffix in (".py", ".ipynb"):
+            before = (ROOT / "notebooks" / f"{name}{suffix}").read_text()
+            after = (tmp_path / "notebooks" / f"{name}{suffix}").read_text()
+            assert URL not in after and "https://github.com/someone/fork-of-hclib" in after
+            assert f"github/someone/fork-of-hclib/blob/dev/notebooks/{name}.ipynb" in after
+            assert len(before.splitlines()) == len(after.splitlines())
+            lines = zip(before.splitlines(), after.splitlines(), strict=True)
+            changed = [(a, b) for a, b in lines if a != b]
+            assert all(URL in a or "colab.research.google.com" in a for a, _ in changed)
+    assert "git+https://github.com/someone/fork-of-hclib" in (tmp_path / "README.md").read_text()
