@@ -85,9 +85,10 @@ setup_venv() {
 # chromium. Install it where it is missing and we may: as root, with apt-get, unless
 # HCLIB_INSTALL_CHROMIUM=0. Without it those tests skip and say why.
 ensure_chromium() {
-    if command -v chromium >/dev/null 2>&1; then
-        return 0
-    fi
+    local browser
+    for browser in chromium chromium-browser google-chrome; do  # what the tests look for
+        command -v "$browser" >/dev/null 2>&1 && return 0
+    done
     if [[ ${HCLIB_INSTALL_CHROMIUM:-1} != 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         step "apt-get install chromium (for the browser checks)"
         if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive \

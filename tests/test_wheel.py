@@ -5,8 +5,8 @@ it out): it builds the sdist, builds the wheel from the sdist, installs the whee
 into a fresh virtual environment (no system site-packages: only the wheel, its two
 requirements and pip), and there imports hclib, runs the README's examples and checks that each
 command needing an extra says which one. torch is installed first, at the version of this
-environment, from a local wheel when pip's configuration offers one (offline, seconds), else
-from the index (pip's cache makes a second run fast).
+environment and as dev.sh installs it: from a local wheel when pip's configuration offers one,
+else from the index (PyTorch's CPU index for a CPU build; pip's cache makes a second run fast).
 """
 
 from __future__ import annotations
@@ -30,12 +30,20 @@ pytestmark = pytest.mark.wheel
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TORCH = torch.__version__.split("+")[0]  # e.g. 2.13.0 (the local build tag is pip's business)
-PIP_TIMEOUT_S = 900
-
+PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # as in dev.sh
 
 # The bare venv must see only what is installed in it: no source tree on PYTHONPATH (pip would
 # take an hclib.egg-info there for an installed hclib, and python would import the source).
 BARE_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def _pip_ok(cmd: list, cwd: Path) -> bool:
+    result = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=BARE_ENV, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        print(f"{' '.join(map(str, cmd))} failed:\n{result.stderr[-1500:]}")
+    return result.returncode == 0
 
 
 def _run(*cmd, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -77,15 +85,19 @@ def bare_venv(dist, tmp_path_factory) -> Path:
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(folder)
     python = folder / "bin" / "python"
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    local = subprocess.run(
-        [*map(str, pip), "--no-index", f"torch=={TORCH}"],
-        capture_output=True,
-        check=False,
-        cwd=folder,
-        env=BARE_ENV,
-    )
-    if local.returncode != 0:  # the local wheel plus its dependencies from the index, or all
-        _run(*pip, f"torch=={TORCH}", cwd=folder, env=BARE_ENV)
+    # as dev.sh installs torch: a local wheel with local dependencies; the local wheel with its
+    # dependencies from the index; else the index (PyTorch's CPU index for a CPU build)
+    spec = f"torch=={TORCH}"
+    cpu_index = ["--index-url", PYTORCH_CPU_INDEX] if torch.version.cuda is None else []
+    for attempt in (
+        [["--no-index", spec]],
+        [["--no-index", "--no-deps", spec], [spec]],
+        [[spec, *cpu_index]],
+    ):
+        if all(_pip_ok([*pip, *args], folder) for args in attempt):
+            break
+    else:
+        pytest.fail(f"could not install {spec} into the bare venv (see the pip output above)")
     _run(*pip, _one(dist, "hclib-*.whl"), cwd=folder, env=BARE_ENV)
     return python
 
