@@ -81,6 +81,24 @@ setup_venv() {
     touch ".venv/.stamp-$sha-${extras//,/+}"
 }
 
+# JupyterLab opens a chapter's .py as a notebook (through jupytext) when double-clicked: the
+# settings in notebooks/jupyterlab-overrides.json are merged into .venv's application settings.
+JUPYTERLAB_OVERRIDES=notebooks/jupyterlab-overrides.json
+MERGE_JUPYTERLAB_SETTINGS='import json, sys
+from pathlib import Path
+source, target = map(Path, sys.argv[1:])
+settings = json.loads(target.read_text()) if target.exists() else {}
+for plugin, values in json.loads(source.read_text()).items():
+    settings.setdefault(plugin, {}).update(values)
+target.parent.mkdir(parents=True, exist_ok=True)
+target.write_text(json.dumps(settings, indent=2) + "\n")'
+
+install_jupyterlab_settings() {
+    [[ -e $JUPYTERLAB_OVERRIDES ]] || return 0
+    "$PY" -c "$MERGE_JUPYTERLAB_SETTINGS" "$JUPYTERLAB_OVERRIDES" \
+        .venv/share/jupyter/lab/settings/overrides.json
+}
+
 # The browser checks (tests/test_jupyterlab.py, tests/test_book_render.py) need Debian's
 # chromium. Install it where it is missing and we may: as root, with apt-get, unless
 # HCLIB_INSTALL_CHROMIUM=0. Without it those tests skip and say why.
@@ -185,6 +203,7 @@ cmd_test() {
     local start=$SECONDS
     ensure_chromium
     setup_venv dev,book
+    install_jupyterlab_settings
     run "ruff check" "$PY" -m ruff check .
     run "ruff format --check" "$PY" -m ruff format --check .
     # Serial on purpose: on 2 cores, torch's own threads make `-n 2` (pytest-xdist) slower.
@@ -232,6 +251,7 @@ cmd_test() {
 cmd_book() {
     local start=$SECONDS
     setup_venv dev,book
+    install_jupyterlab_settings
     step "jupyter-book build book/: execute every chapter (warnings are errors)"
     build_book
     if [[ -e hclib/__main__.py ]]; then

@@ -1,11 +1,12 @@
 """The chapters open in JupyterLab: a server on localhost, chapter 1 in headless Chromium.
 
 `bash dev.sh test` runs this file as its own step (marker ``jupyterlab``). It starts
-JupyterLab from .venv (the `notebooks` extra) on 127.0.0.1 with a random token, checks that
-jupytext serves every chapter's ``.py`` as a notebook that names the python3 kernel (so a
-chapter's ``.py`` opens as a notebook), then opens chapter 1 in headless Chromium and waits for
-its title to render and its kernel to start. Without JupyterLab, or without Chromium for the
-browser test, the tests skip and say why.
+JupyterLab from .venv (the `notebooks` extra) on 127.0.0.1 with a random token and the
+repository's JupyterLab settings (notebooks/jupyterlab-overrides.json, which dev.sh installs in
+.venv: a ``.py`` opens as a Jupytext notebook), checks that jupytext serves every chapter's
+``.py`` as a notebook that names the python3 kernel, then opens chapter 1, as ``.ipynb`` and as
+``.py``, in headless Chromium and waits for its title to render and its python3 kernel to
+start. Without JupyterLab, or without Chromium for the browser test, the tests skip and say why.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CHAPTERS = sorted(
     p for p in NOTEBOOKS.glob("[0-9][0-9]_*.py") if "#   jupytext:" in p.read_text()[:400]
 )
 CHAPTER_1 = NOTEBOOKS / "01_residual_connections.ipynb"
+SETTINGS = NOTEBOOKS / "jupyterlab-overrides.json"  # .venv's JupyterLab settings (dev.sh)
 KERNEL = "python3"
 START_TIMEOUT_S = 180.0
 RENDER_TIMEOUT_S = 180.0
@@ -71,6 +73,9 @@ class Lab:
             "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
             "IPYTHONDIR": str(tmp / "ipython"),
         }
+        settings = tmp / "settings"  # the repository's settings, as dev.sh installs them
+        settings.mkdir()
+        (settings / "overrides.json").write_text(SETTINGS.read_text())
         self.log_path = tmp / "jupyterlab.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -82,6 +87,7 @@ class Lab:
                 "--ServerApp.port_retries=0",
                 f"--IdentityProvider.token={self.token}",
                 f"--ServerApp.root_dir={NOTEBOOKS}",
+                f"--LabApp.app_settings_dir={settings}",
                 "--LabApp.news_url=",  # no news fetched from the internet
                 "--LabApp.extension_manager=readonly",  # no PyPI queries
                 *(["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
@@ -156,14 +162,19 @@ def test_jupytext_serves_each_chapter_py_as_a_notebook_on_the_python3_kernel(lab
     assert any(chapter_title(chapter) in "".join(c["source"]) for c in notebook["cells"])
 
 
-# Runs in the JupyterLab page: the h1 headings rendered in the notebook panel, if any yet.
+# Runs in the JupyterLab page: the h1 headings rendered in the notebook panel, if any yet
+# (or "EDITOR" when the file opened in the text editor instead).
 RENDERED_TITLES = """
 [...document.querySelectorAll('.jp-NotebookPanel .jp-RenderedMarkdown h1')]
   .map((h) => h.textContent.replace(/¶/g, '').trim())
+  .concat(document.querySelector('.jp-FileEditor') ? ['EDITOR'] : [])
 """
 
 
-def test_jupyterlab_opens_chapter_1_in_a_browser_with_its_title_and_kernel(lab, browser):
+@pytest.mark.parametrize("suffix", [".ipynb", ".py"])
+def test_jupyterlab_opens_chapter_1_in_a_browser_with_its_title_and_kernel(lab, browser, suffix):
+    """Chapter 1 renders as a notebook, its .py too (through jupytext), on the python3 kernel."""
+    name = CHAPTER_1.with_suffix(suffix).name
     title = chapter_title(CHAPTER_1)
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
@@ -171,10 +182,11 @@ def test_jupyterlab_opens_chapter_1_in_a_browser_with_its_title_and_kernel(lab, 
     ]
     try:
         browser.send("Page.enable", session=session)
-        url = f"{lab.url}/lab/tree/{CHAPTER_1.name}?token={lab.token}"
+        url = f"{lab.url}/lab/tree/{name}?token={lab.token}"
         browser.send("Page.navigate", {"url": url}, session)
         deadline, seen = time.monotonic() + RENDER_TIMEOUT_S, []
         while title not in seen:
+            assert "EDITOR" not in seen, f"JupyterLab opened {name} as text, not as a notebook"
             assert time.monotonic() < deadline, (
                 f"JupyterLab showed no title {title!r} in {RENDER_TIMEOUT_S:.0f} s "
                 f"(h1 seen: {seen}); server log:\n{lab.log()}"
@@ -187,8 +199,8 @@ def test_jupyterlab_opens_chapter_1_in_a_browser_with_its_title_and_kernel(lab, 
             )
             seen = result["result"].get("value") or []
         sessions = lab.get("/api/sessions")
-        opened = [s for s in sessions if s["path"].endswith(CHAPTER_1.name)]
-        assert opened, f"no kernel session for {CHAPTER_1.name}: {sessions}"
+        opened = [s for s in sessions if s["path"] == name]
+        assert opened, f"no kernel session for {name}: {sessions}"
         assert opened[0]["kernel"]["name"] == KERNEL
     finally:
         browser.send("Target.closeTarget", {"targetId": target})

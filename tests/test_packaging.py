@@ -1,5 +1,6 @@
 """The repository's entry points agree: pyproject.toml, environment.yml, README, dev.sh, CI."""
 
+import json
 import re
 from pathlib import Path
 
@@ -170,3 +171,13 @@ def test_core_modules_import_no_package_beyond_torch_and_numpy():
     new = json.loads(result.stdout)
     assert list(new) == CORE_MODULES
     assert {module: extra for module, extra in new.items() if extra} == {}
+
+
+def test_both_commands_install_the_jupyterlab_settings_that_open_a_py_as_a_notebook():
+    dev_sh = (ROOT / "dev.sh").read_text()
+    for command in ("cmd_test", "cmd_book"):
+        body = dev_sh.split(f"{command}() {{", 1)[1].split("\n}\n", 1)[0]
+        assert "install_jupyterlab_settings" in body, f"{command} should install them"
+    settings = json.loads((ROOT / "notebooks" / "jupyterlab-overrides.json").read_text())
+    viewers = settings["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers == {"python": "Jupytext Notebook"}
