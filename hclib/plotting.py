@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hclib.extras import require
-
 __all__ = ["PALETTE", "color", "use_book_style"]
 
 PALETTE: dict[str, str] = {
@@ -35,6 +33,8 @@ def color(name: str) -> str:
 
 def use_book_style(**overrides: Any) -> None:
     """Set matplotlib defaults for the book's figures (sizes, grid, no top/right spines)."""
+    from hclib.extras import require  # the notebooks extra brings matplotlib
+
     mpl = require("matplotlib", "notebooks", "hclib.plotting.use_book_style")
 
     style = {
