@@ -3,12 +3,16 @@
 #
 #   bash dev.sh book   set up .venv/, execute every chapter and build the Jupyter Book into
 #                      book/_build/html (warnings are errors), run the demo
-#   bash dev.sh test   set up .venv/, then: lint -> unit tests -> jupytext pairing -> nbval over
-#                      the notebooks -> the book built from the notebooks' committed outputs
-#                      (no execution) -> every page checked in headless Chromium
+#   bash dev.sh test   set up .venv/ (and Chromium, where missing and allowed), then: lint ->
+#                      unit tests -> kernel resources -> the wheel in a bare venv -> jupytext
+#                      pairing -> nbval over the notebooks -> a chapter opened in JupyterLab ->
+#                      the book built from the notebooks' committed outputs (no execution) ->
+#                      every page checked in headless Chromium
 #
-# Both create .venv/ on first use and reuse it afterwards. Everything runs through
-# .venv/bin/python -m ..., so nothing needs activating.
+# Both create .venv/ on first use and reuse it afterwards, with the `dev` extra (which brings
+# `train` and `notebooks`: Lightning, JupyterLab, jupytext...) and the `book` extra. Everything
+# runs through .venv/bin/..., so nothing needs activating; `.venv/bin/jupyter lab notebooks/`
+# opens the chapters.
 #
 # `test` executes each chapter once (nbval, which also compares the outputs of the cells tagged
 # `nbval-check-output` with the committed ones); `book` executes each chapter once more to render
@@ -75,6 +79,44 @@ setup_venv() {
     step "pip install -e '.[$extras]'"
     "$PY" -m pip install -e ".[$extras]"
     touch ".venv/.stamp-$sha-${extras//,/+}"
+}
+
+# JupyterLab opens a chapter's .py as a notebook (through jupytext) when double-clicked: the
+# settings in notebooks/jupyterlab-overrides.json are merged into .venv's application settings.
+JUPYTERLAB_OVERRIDES=notebooks/jupyterlab-overrides.json
+MERGE_JUPYTERLAB_SETTINGS='import json, sys
+from pathlib import Path
+source, target = map(Path, sys.argv[1:])
+settings = json.loads(target.read_text()) if target.exists() else {}
+for plugin, values in json.loads(source.read_text()).items():
+    settings.setdefault(plugin, {}).update(values)
+target.parent.mkdir(parents=True, exist_ok=True)
+target.write_text(json.dumps(settings, indent=2) + "\n")'
+
+install_jupyterlab_settings() {
+    [[ -e $JUPYTERLAB_OVERRIDES ]] || return 0
+    "$PY" -c "$MERGE_JUPYTERLAB_SETTINGS" "$JUPYTERLAB_OVERRIDES" \
+        .venv/share/jupyter/lab/settings/overrides.json
+}
+
+# The browser checks (tests/test_jupyterlab.py, tests/test_book_render.py) need Debian's
+# chromium. Install it where it is missing and we may: as root, with apt-get, unless
+# HCLIB_INSTALL_CHROMIUM=0. Without it those tests skip and say why.
+ensure_chromium() {
+    local browser
+    for browser in chromium chromium-browser google-chrome; do  # what the tests look for
+        command -v "$browser" >/dev/null 2>&1 && return 0
+    done
+    if [[ ${HCLIB_INSTALL_CHROMIUM:-1} != 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        step "apt-get install chromium (for the browser checks)"
+        if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends chromium; }; then
+            echo "WARNING: could not install chromium; the browser checks will skip"
+        fi
+    else
+        echo "WARNING: chromium is missing and cannot be installed here (needs root and" \
+            "apt-get); the browser checks will skip"
+    fi
 }
 
 FAILED=()
@@ -159,12 +201,21 @@ build_book_from_committed_outputs() {
 
 cmd_test() {
     local start=$SECONDS
+    ensure_chromium
     setup_venv dev,book
+    install_jupyterlab_settings
     run "ruff check" "$PY" -m ruff check .
     run "ruff format --check" "$PY" -m ruff format --check .
     # Serial on purpose: on 2 cores, torch's own threads make `-n 2` (pytest-xdist) slower.
-    # The browser test of the built book (marker `book`) runs after the book build below.
-    run "pytest tests (unit)" "$PY" -m pytest tests -q -m "not book"
+    # The tests marked `wheel`, `jupyterlab` and `book` run as their own steps below.
+    run "pytest tests (unit)" "$PY" -m pytest tests -q -m "not book and not wheel and not jupyterlab"
+    if [[ -e benchmarks/kernel_resources.py ]]; then
+        run "kernel resources (sm_90, sm_80)" "$PY" benchmarks/kernel_resources.py --arch 90 --arch 80
+    fi
+    # sdist -> wheel -> a fresh venv with torch and the wheel, no extras: import hclib, run the
+    # README's examples, and check that commands needing an extra name it.
+    run "the wheel in a bare venv (no extras)" "$PY" -m pytest tests/test_wheel.py -q -m wheel -rs \
+        -p no:cacheprovider
     if compgen -G 'notebooks/*.ipynb' >/dev/null; then
         run "jupytext pairing" check_jupytext_pairs
         # --nbval-lax: run every cell, compare only the outputs of cells tagged
@@ -180,6 +231,8 @@ cmd_test() {
         step "jupytext pairing: no notebooks/*.ipynb yet, nothing to check"
         step "nbval over notebooks/: no notebooks/*.ipynb yet, nothing to run"
     fi
+    run "JupyterLab opens a chapter (headless Chromium)" "$PY" -m pytest tests/test_jupyterlab.py \
+        -q -m jupyterlab -rs -p no:cacheprovider
     run "book from the committed outputs (no execution)" build_book_from_committed_outputs
     if [[ " ${FAILED[*]} " == *" book from the committed outputs (no execution) "* ]]; then
         step "browser render test: skipped, the book did not build"
@@ -198,6 +251,7 @@ cmd_test() {
 cmd_book() {
     local start=$SECONDS
     setup_venv dev,book
+    install_jupyterlab_settings
     step "jupyter-book build book/: execute every chapter (warnings are errors)"
     build_book
     if [[ -e hclib/__main__.py ]]; then
@@ -208,6 +262,7 @@ cmd_book() {
     fi
     printf '\nTotal: %ds\n' $((SECONDS - start))
     printf '\nThe book: %s/book/_build/html/index.html\n' "$PWD"
+    printf 'The chapters in JupyterLab: .venv/bin/jupyter lab notebooks/\n'
 }
 
 case "${1:-}" in

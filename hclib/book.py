@@ -10,6 +10,10 @@ Every experiment that takes more than a few seconds reads one environment variab
 
 GPU runs (benchmarks, full-size chapters) are committed under one folder per day and device,
 ``results/<date>-<device>/``: :func:`results_dir` names it.
+
+The repository's address is set once, in book/_config.yml (``repository.url``);
+``python -m hclib.book sync-links`` (:func:`sync_repository_links`) writes it into every
+chapter's Colab badge and install cell and into the README.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["SIZE_VARIABLE", "book_size", "device_slug", "on_colab", "results_dir", "scaled"]
+__all__ = [
+    "SIZE_VARIABLE",
+    "book_size",
+    "device_slug",
+    "on_colab",
+    "results_dir",
+    "scaled",
+    "sync_repository_links",
+]
 
 SIZE_VARIABLE = "HCLIB_BOOK_SIZE"
 _SIZES = ("small", "full")
@@ -56,3 +68,47 @@ def results_dir(device_name: str, root: Path | str = "results", date: str | None
     (``date`` in ISO format, default today)."""
     date = date or datetime.date.today().isoformat()
     return Path(root) / f"{date}-{device_slug(device_name)}"
+
+
+_GITHUB = re.compile(r"https://github\.com/[\w.-]+/[\w.-]*[\w-]")  # no final "." of a sentence
+_COLAB_LINK = re.compile(r"(/github/)[\w.-]+/[\w.-]+/blob/[\w.-]+(/notebooks/)")
+
+
+def sync_repository_links(root: Path | str = ".") -> list[Path]:
+    """Write book/_config.yml's ``repository.url`` (and ``branch``) into every chapter's Colab
+    badge and install cell (``notebooks/*.py`` and the paired ``.ipynb``) and into README.md.
+
+    Only the GitHub addresses of the repository itself change (``https://github.com/OWNER/REPO``
+    wherever it appears in those files, and the ``OWNER/REPO/blob/BRANCH`` of Colab links);
+    the files are otherwise left byte for byte as they were. Returns the files it changed.
+    Needs PyYAML (in the ``dev`` and ``train`` extras).
+    """
+    import yaml
+
+    root = Path(root)
+    config = yaml.safe_load((root / "book" / "_config.yml").read_text(encoding="utf-8"))
+    url = config["repository"]["url"].rstrip("/")
+    branch = config["repository"].get("branch", "main")
+    match = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)", url)
+    if match is None:
+        raise ValueError(f"repository.url must be https://github.com/OWNER/REPO, got {url!r}")
+    ours = {"hclib", url.rsplit("/", 1)[-1]}  # the repository's name, before and after a move
+    files = sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
+    files += [p.with_suffix(".ipynb") for p in files if p.with_suffix(".ipynb").exists()]
+    files.append(root / "README.md")
+    changed = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        new = _COLAB_LINK.sub(rf"\g<1>{match.group(1)}/blob/{branch}\g<2>", text)
+        new = _GITHUB.sub(lambda m: url if m.group().rsplit("/", 1)[-1] in ours else m.group(), new)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["sync-links"]:
+        sys.exit("usage: python -m hclib.book sync-links   (run from the repository root)")
+    for changed_path in sync_repository_links():
+        print(f"updated {changed_path}")

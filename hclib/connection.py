@@ -130,25 +130,31 @@ RESIDUAL_BLOCKS: tuple[type[nn.Module], ...] = (
 
 
 def warn_if_residual_block(branch: object) -> None:
-    """Warn when ``branch`` is a block that adds its own residual (see :data:`RESIDUAL_BLOCKS`).
+    """Warn when ``branch`` is, or contains, a block that adds its own residual
+    (see :data:`RESIDUAL_BLOCKS`; ``nn.TransformerEncoder`` and ``nn.Transformer`` hold them).
 
     ``nn.TransformerEncoderLayer`` computes ``x + SA(x)`` and ``x + FF(x)`` itself; inside a
     connection, which adds ``x`` again, the layer computes ``2x + ...``: the residual stream
     is counted twice and grows with depth.
     """
-    if isinstance(branch, RESIDUAL_BLOCKS):
-        # point the warning at the first caller outside hclib (the line that built the module)
-        package, frame, level = os.path.dirname(__file__), sys._getframe(0), 1
-        while frame is not None and frame.f_code.co_filename.startswith(package):
-            frame, level = frame.f_back, level + 1
-        warnings.warn(
-            f"the branch is a {type(branch).__name__}, which adds its own residual "
-            "(x + attention(x), x + feed-forward(x)); wrapped in a connection, which adds x "
-            "again, the input is counted twice. Wrap its sub-blocks instead (a pre-norm "
-            "attention and a pre-norm feed-forward, each as one branch).",
-            UserWarning,
-            stacklevel=level,
-        )
+    if not isinstance(branch, nn.Module):
+        return
+    block = next((m for m in branch.modules() if isinstance(m, RESIDUAL_BLOCKS)), None)
+    if block is None:
+        return
+    where = "" if block is branch else f" (inside the {type(branch).__name__})"
+    # point the warning at the first caller outside hclib (the line that built the module)
+    package, frame, level = os.path.dirname(__file__), sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"the branch is a {type(block).__name__}{where}, which adds its own residual "
+        "(x + attention(x), x + feed-forward(x)); wrapped in a connection, which adds x "
+        "again, the input is counted twice. Wrap its sub-blocks instead (a pre-norm "
+        "attention and a pre-norm feed-forward, each as one branch).",
+        UserWarning,
+        stacklevel=level,
+    )
 
 
 def make_norm(kind: str, dim: int, affine: bool, eps: float) -> nn.Module:

@@ -34,7 +34,9 @@ def color(name: str) -> str:
 
 def use_book_style(**overrides: Any) -> None:
     """Set matplotlib defaults for the book's figures (sizes, grid, no top/right spines)."""
-    import matplotlib as mpl
+    from hclib.extras import require  # the notebooks extra brings matplotlib
+
+    mpl = require("matplotlib", "notebooks", "hclib.plotting.use_book_style")
 
     style = {
         "figure.figsize": (6.4, 3.6),

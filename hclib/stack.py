@@ -18,8 +18,8 @@ switch of every experiment in the book. The pieces themselves live in
 :func:`~hclib.models.wiring.enter_state`, :func:`~hclib.models.wiring.leave_state`), which the
 book's models use too.
 
-Derived in: notebooks/02_hyper_connections (the stack of Algorithm 1); used in
-notebooks/08_toy_models to 10_moe_llm_with_lightning through :mod:`hclib.models`.
+The stack is the one notebooks/02_hyper_connections builds by hand (HC Algorithm 1); the
+book's models (:mod:`hclib.models`, chapters 8-10) wire their blocks with the same pieces.
 """
 
 from __future__ import annotations

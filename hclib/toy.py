@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
 from hclib.analysis import adjacent_cosine_similarity, branch_grad_norms, capture_branch_inputs
 from hclib.connection import Connection
+from hclib.extras import require
 from hclib.models.mlp import DeepMLP
 from hclib.optim import param_groups
 from hclib.streams import check_count
@@ -124,7 +124,10 @@ def train_toy(
     }
     if progress is None:
         progress = sys.stderr.isatty()
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc="train", leave=False)
+    bar = range(1, steps + 1)
+    if progress:  # plain text bars (no ipywidgets needed in notebooks); tqdm is optional
+        tqdm = require("tqdm", "notebooks", "train_toy(progress=True)").tqdm
+        bar = tqdm(bar, desc="train", leave=False)
     for step in bar:
         model.train()
         idx = torch.randint(0, data.x_train.shape[0], (batch_size,), generator=g)
@@ -143,7 +146,8 @@ def train_toy(
                 history["val_step"].append(step)
                 history["val_loss"].append(nn.functional.cross_entropy(logits, data.y_val).item())
                 history["val_acc"].append((logits.argmax(-1) == data.y_val).float().mean().item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{history['val_acc'][-1]:.3f}")
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{history['val_acc'][-1]:.3f}")
     return history
 
 

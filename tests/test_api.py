@@ -20,6 +20,8 @@ PUBLIC = [
     "connection_matrix",
     "amax_gain",
     "Mappings",
+    "connect",
+    "ConnectedStack",
 ]
 
 
@@ -42,6 +44,8 @@ def test_public_name_is_importable_and_documented(name):
         "amax_gain",
         "expand_streams",
         "split_fractions",
+        "connect",
+        "ConnectedStack",
     ],
 )
 def test_docstrings_state_shapes_and_cite_the_paper(name):
@@ -67,3 +71,11 @@ def test_connection_signatures_keep_the_agreed_names_and_defaults():
     assert inspect.signature(hclib.sinkhorn_knopp).parameters["iters"].default == 20
     for cls in (hclib.HyperConnection, hclib.FracConnection):
         assert callable(cls.from_matrix) and callable(cls.static_matrix)
+
+
+def test_connect_signature_keeps_the_agreed_names_and_defaults():
+    parameters = inspect.signature(hclib.connect).parameters
+    assert list(parameters)[:5] == ["branches", "dim", "connection", "n", "m"]
+    assert parameters["connection"].default == "hc"
+    assert parameters["n"].default == 4 and parameters["m"].default == 4
+    assert parameters["options"].kind is inspect.Parameter.VAR_KEYWORD

@@ -11,27 +11,20 @@ of the page, `-2.png`, ... the rest, 4,000 pixels each.
 file (`-m book`); the unit-test step leaves it out. Without Chromium or without a built book
 the tests skip and say why.
 
-Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`:
-JSON messages ending in a NUL byte, commands on fd 3, replies on fd 4), so the tests need
-nothing beyond the standard library and the `chromium` executable.
+Chromium is driven through the DevTools protocol over a pipe (tests/chromium.py), so the tests
+need nothing beyond the standard library and the `chromium` executable.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
-import json
-import os
 import re
-import select
-import shutil
-import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
+from chromium import HEIGHT, MISSING, WIDTH, Chromium, find_browser
 
 pytestmark = pytest.mark.book
 
@@ -39,10 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 HTML = BOOK / "_build" / "html"
 SCREENSHOTS = BOOK / "_build" / "screenshots"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-WIDTH, HEIGHT = 1280, 900  # CSS pixels of the window
 TILE = 4000  # pixels of page height per screenshot (Chromium cannot capture past 16,384)
-TIMEOUT_S = 60.0
 
 
 def _toc_pages() -> list[str]:
@@ -64,117 +54,11 @@ def _toc_pages() -> list[str]:
 PAGES = _toc_pages()
 
 
-def _browser() -> str | None:
-    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
-
-
 def _require_built_book() -> None:
     if not (HTML / "index.html").exists():
         pytest.skip(
             f"the book is not built: {HTML / 'index.html'} does not exist (bash dev.sh book)"
         )
-
-
-class Chromium:
-    """Headless Chromium with its network cut off, driven over the DevTools pipe."""
-
-    def __init__(self, executable: str, user_data_dir: Path) -> None:
-        commands_read, self._commands = os.pipe()  # we write commands, Chromium reads fd 3
-        self._replies, replies_write = os.pipe()  # Chromium writes replies on fd 4
-
-        def plug_pipes() -> None:  # in the child, before exec: the pipes become fds 3 and 4
-            high_read = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 10)
-            high_write = fcntl.fcntl(replies_write, fcntl.F_DUPFD, 10)
-            os.dup2(high_read, 3)
-            os.dup2(high_write, 4)
-
-        args = [
-            executable,
-            "--headless",
-            "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--hide-scrollbars",
-            "--mute-audio",
-            # No network: every host name fails to resolve and every proxied request is refused.
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            "--proxy-server=127.0.0.1:9",
-            f"--user-data-dir={user_data_dir}",
-            f"--window-size={WIDTH},{HEIGHT}",
-            "--remote-debugging-pipe",
-            "about:blank",
-        ]
-        self._log = open(user_data_dir.parent / "chromium.log", "wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            preexec_fn=plug_pipes,  # the test process runs no threads
-            close_fds=False,
-        )
-        os.close(commands_read)
-        os.close(replies_write)
-        self._buffer = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close")
-        except Exception:  # closing anyway
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._commands)
-        os.close(self._replies)
-        self._log.close()
-
-    def _read_message(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._replies], [], [], left)[0]:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._replies, 1 << 20)
-            if not chunk:
-                raise RuntimeError(f"Chromium closed its pipe (exit status {self.proc.poll()})")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        """Send one command and return its result; events that arrive meanwhile are kept."""
-        self._next_id += 1
-        command = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            command["sessionId"] = session
-        os.write(self._commands, json.dumps(command).encode() + b"\0")
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            message = self._read_message(deadline)
-            if message.get("id") != self._next_id:
-                self.events.append(message)
-                continue
-            if "error" in message:
-                raise RuntimeError(f"{method} failed: {message['error']}")
-            return message["result"]
-
-    def wait_for(self, method: str, session: str) -> dict:
-        deadline = time.monotonic() + TIMEOUT_S
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if event.get("method") == method and event.get("sessionId") == session:
-                    return event
-            seen = len(self.events)
-            self.events.append(self._read_message(deadline))
 
 
 # Runs in the page once it has loaded: wait for every image and for MathJax's first typeset
@@ -219,11 +103,9 @@ INSPECT_PAGE = """
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    executable = _browser()
+    executable = find_browser()
     if executable is None:
-        pytest.skip(
-            "Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it"
-        )
+        pytest.skip(MISSING)
     _require_built_book()
     chromium = Chromium(executable, tmp_path_factory.mktemp("chromium") / "profile")
     yield chromium

@@ -163,3 +163,18 @@ def test_connect_rejects_bad_input_with_a_clear_error(build, error, message):
 def test_connect_is_exported_and_documented_with_shapes():
     assert "connect" in hclib.__all__ and "ConnectedStack" in hclib.__all__
     assert "(..., d)" in hclib.connect.__doc__ and "layer_id" in hclib.connect.__doc__
+
+
+@pytest.mark.parametrize("connection", ["residual", "hc", "mhc"])
+def test_connection_matrix_unfolds_the_layers_of_a_connected_stack(connection):
+    """At init the unfolded matrix of a stack is the Pre-Norm one: every earlier layer feeds
+    every later one with weight 1 (HC Eq. 27; mHC's read-out sums to 1 over the streams), and
+    the output, the sum of the n streams, gets each with weight n."""
+    with default_dtype(F64):
+        stack = hclib.connect(branches(depth=3), D, connection, n=2)
+    H = stack.enter(torch.randn(4, D, dtype=F64))
+    C = hclib.connection_matrix(stack.layers, None if connection == "residual" else H)
+    assert C.shape == (5, 5)  # embedding, 3 branches, output
+    expected = torch.ones(5, 5, dtype=C.dtype).tril(-1)
+    expected[-1] *= 1 if connection == "residual" else 2  # n = 2 streams summed at the output
+    torch.testing.assert_close(C, expected, atol=1e-6, rtol=0)

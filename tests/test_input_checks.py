@@ -253,6 +253,21 @@ def test_a_branch_with_its_own_residual_warns_about_the_double_residual(cls, blo
     assert caught[0].filename == __file__  # points at the caller's line, not into hclib
 
 
+@pytest.mark.parametrize(
+    ("make", "block"),
+    [
+        (lambda: nn.Sequential(nn.LayerNorm(D), RESIDUAL_BLOCKS["TransformerEncoderLayer"]()),
+         "TransformerEncoderLayer \\(inside the Sequential\\)"),
+        (lambda: nn.TransformerEncoder(RESIDUAL_BLOCKS["TransformerEncoderLayer"](), 2,
+                                       enable_nested_tensor=False),
+         "TransformerEncoderLayer \\(inside the TransformerEncoder\\)"),
+    ],
+)  # fmt: skip
+def test_a_branch_holding_a_residual_block_warns_too(make, block):
+    with pytest.warns(UserWarning, match=rf"{block}, which adds its own residual"):
+        hclib.HyperConnection(D, make())
+
+
 def test_connect_warns_once_per_residual_block():
     with pytest.warns(UserWarning, match="counted twice") as caught:
         hclib.connect([RESIDUAL_BLOCKS["TransformerEncoderLayer"]() for _ in range(2)], D)

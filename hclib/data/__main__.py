@@ -4,8 +4,12 @@
     python -m hclib.data info [--corpus NAME|all] [--root DIR]
     python -m hclib.data sample [--corpus NAME] [--root DIR] [--tokens N] [--offset I]
 
-``--corpus all`` means every offline corpus (``shakespeare-bpe``, ``shakespeare-byte``).
-Errors are printed as one line on stderr, with exit status 1.
+``--corpus all`` means every offline corpus (``shakespeare-bpe``, ``shakespeare-byte``);
+``info --corpus all`` lists each as built (its summary), not built (with the build command) or
+corrupt (with the rebuild command). ``--vocab-size`` sets the vocabulary of BPE corpora; given
+for a byte corpus, whose vocabulary is its 256 bytes, it is an error. Errors are printed as one
+line on stderr, with exit status 1. Building or reading a BPE corpus needs the ``train`` extra
+(``tokenizers``); the command says so when it is missing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from hclib.data.corpus import (
 )
 from hclib.data.recipes import CORPORA, build, load_corpus, resolve_names
 from hclib.data.sources import CorpusUnavailableError, SourceError
+from hclib.extras import MissingExtraError, require
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,9 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     common(build_cmd, DEFAULT_CORPUS)
     build_cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build_cmd.add_argument(
-        "--vocab-size", type=int, default=None, help="BPE vocabulary (default: the recipe's, 4096)"
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="BPE vocabulary (default: the recipe's, 4096); an error for a byte corpus",
     )
-    info = commands.add_parser("info", help="print a built corpus's manifest summary")
+    info = commands.add_parser(
+        "info", help="print a built corpus's manifest summary ('all': built and not built)"
+    )
     common(info, DEFAULT_CORPUS)
     sample = commands.add_parser("sample", help="decode a few hundred tokens of the val split")
     common(sample, DEFAULT_CORPUS)
@@ -110,20 +120,53 @@ def summary(corpus: Corpus) -> str:
     return "\n".join(lines)
 
 
+def _build(args: argparse.Namespace) -> None:
+    names = resolve_names(args.corpus)
+    bpe = [name for name in names if CORPORA[name].tokenizer == "bpe"]
+    if args.vocab_size is not None and not bpe:
+        raise ValueError(
+            f"--vocab-size applies to BPE corpora; {', '.join(names)} is tokenised by UTF-8 "
+            f"bytes (vocabulary {CORPORA[names[0]].vocab_size}): drop --vocab-size, or build "
+            f"a BPE corpus ({', '.join(n for n, s in CORPORA.items() if s.tokenizer == 'bpe')})"
+        )
+    if bpe:  # before any download: a BPE corpus needs the tokenizers package
+        require("tokenizers", "train", "python -m hclib.data build (a BPE corpus)")
+    for name in names:
+        vocab_size = args.vocab_size if name in bpe else None
+        corpus = build(name, args.root, force=args.force, vocab_size=vocab_size)
+        print(
+            f"{name}: {len(corpus.train):,} train + {len(corpus.val):,} val tokens, "
+            f"vocabulary {corpus.vocab_size}, in {_shown(corpus.path)}"
+        )
+
+
+def _info_all(root: Path | None) -> int:
+    """Every offline corpus: its summary if built, else what is wrong and the command to run.
+
+    Exit status 0 unless a corpus is corrupt (one that is not built yet is no error).
+    """
+    blocks, status = [], 0
+    for name in resolve_names("all"):
+        try:
+            blocks.append(summary(load_corpus(name, root)))
+        except CorpusMissingError as error:
+            blocks.append(f"{name}  (not built)\n  {error}")
+        except CorpusCorruptError as error:
+            blocks.append(f"{name}  (corrupt)\n  {error}")
+            status = 1
+    print("\n\n".join(blocks))
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            for name in resolve_names(args.corpus):
-                vocab_size = args.vocab_size if CORPORA[name].tokenizer == "bpe" else None
-                corpus = build(name, args.root, force=args.force, vocab_size=vocab_size)
-                print(
-                    f"{name}: {len(corpus.train):,} train + {len(corpus.val):,} val tokens, "
-                    f"vocabulary {corpus.vocab_size}, in {_shown(corpus.path)}"
-                )
+            _build(args)
         elif args.command == "info":
-            names = resolve_names(args.corpus) if args.corpus == "all" else [args.corpus]
-            print("\n\n".join(summary(load_corpus(name, args.root)) for name in names))
+            if args.corpus == "all":
+                return _info_all(args.root)
+            print(summary(load_corpus(args.corpus, args.root)))
         else:
             if args.tokens < 1 or args.offset < 0:
                 raise ValueError(
@@ -138,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CorpusCorruptError,
         CorpusUnavailableError,
         SourceError,
+        MissingExtraError,
         ValueError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)

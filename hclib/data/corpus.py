@@ -423,6 +423,42 @@ def _check_file(folder: Path, entry: dict[str, Any], verify: bool, rebuild: str)
             )
 
 
+def _vocab_problem(
+    manifest: dict[str, Any], folder: Path, maps: dict[str, np.ndarray] | None
+) -> str | None:
+    """What makes the manifest's ``vocab_size`` disagree with its tokenizer or its ids, if any.
+
+    A model sized from a wrong ``vocab_size`` fails deep inside its embedding (an index out of
+    range) or never predicts some tokens; here it is caught when the corpus is opened.
+    """
+    vocab_size, tokenizer = manifest["vocab_size"], manifest["tokenizer"]
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        return f"the manifest's vocab_size is {vocab_size!r}, expected an int >= 1"
+    if tokenizer.get("vocab_size", vocab_size) != vocab_size:
+        return (
+            f"the manifest's vocab_size {vocab_size} disagrees with its tokenizer entry's "
+            f"{tokenizer['vocab_size']}"
+        )
+    if tokenizer["kind"] == "byte" and vocab_size != 256:
+        return f"a byte-level corpus has 256 tokens, the manifest says vocab_size {vocab_size}"
+    if tokenizer["kind"] == "bpe":
+        try:
+            learned = len(
+                json.loads((folder / tokenizer["file"]).read_text("utf-8"))["model"]["vocab"]
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"its tokenizer {tokenizer['file']} cannot be read ({error})"
+        if learned > vocab_size:
+            return (
+                f"its tokenizer has {learned} tokens, more than the manifest's vocab_size "
+                f"{vocab_size}: a model sized from the manifest could not embed them all"
+            )
+    for split, ids in (maps or {}).items():
+        if len(ids) and int(ids.max()) >= vocab_size:
+            return f"the {split} split holds token id {int(ids.max())} >= vocab_size {vocab_size}"
+    return None
+
+
 def load_corpus(
     name: str = DEFAULT_CORPUS, root: Path | str | None = None, verify: bool = True
 ) -> Corpus:
@@ -457,6 +493,9 @@ def load_corpus(
         split: np.memmap(folder / manifest["splits"][split]["file"], dtype=DTYPE, mode="r")
         for split in SPLITS
     }
+    problem = _vocab_problem(manifest, folder, maps if verify else None)
+    if problem:
+        raise CorpusCorruptError(f"corpus {name!r} in {folder}: {problem}; rebuild with: {rebuild}")
     return Corpus(
         name=name,
         path=folder,

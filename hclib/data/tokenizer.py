@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from hclib.extras import require
+
 __all__ = ["BPETokenizer", "ByteTokenizer", "load_bpe", "train_bpe"]
 
 BYTE_VOCAB = 256
@@ -77,7 +79,9 @@ def train_bpe(
         min_frequency: the fewest occurrences a pair needs to be merged.
         progress: show the library's own progress bar.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizers = require("tokenizers", "train", "training a BPE tokenizer")
+    Tokenizer, decoders, models = tokenizers.Tokenizer, tokenizers.decoders, tokenizers.models
+    pre_tokenizers, trainers = tokenizers.pre_tokenizers, tokenizers.trainers
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
@@ -102,6 +106,5 @@ def train_bpe(
 
 def load_bpe(path: Path | str) -> BPETokenizer:
     """Read a ``tokenizer.json`` written by :func:`train_bpe`."""
-    from tokenizers import Tokenizer
-
-    return BPETokenizer(Tokenizer.from_file(str(path)))
+    tokenizers = require("tokenizers", "train", "reading a BPE tokenizer")
+    return BPETokenizer(tokenizers.Tokenizer.from_file(str(path)))

@@ -11,6 +11,11 @@
   (:mod:`hclib.training.cli`).
 """
 
+# ruff: noqa: E402  (the imports follow the check for the train extra)
+from hclib.extras import require
+
+require("pytorch_lightning", "train", "hclib.training")  # a clear error without the extra
+
 from hclib.training.callbacks import (
     ConnectionDiagnostics,
     NonFiniteLossGuard,
