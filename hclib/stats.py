@@ -41,7 +41,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats as _scipy_stats
+
+from hclib.extras import require
+
+_scipy_stats = require("scipy.stats", "notebooks", "hclib.stats (paired-seed statistics)")
 
 __all__ = [
     "CLAIMS",
