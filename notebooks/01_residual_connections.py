@@ -41,7 +41,7 @@
 # `HCLIB_BOOK_SIZE=full` set before Jupyter starts, the toy networks train ten times longer,
 # on larger batches and a larger training set; the prose describes the default run only.
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402
 import subprocess
 import sys

@@ -39,7 +39,7 @@
 # before Jupyter starts, the toy networks at the end train for 1,500 steps instead of 120, on
 # larger batches and a larger training set; the prose describes the default run only.
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402
 import subprocess
 import sys

@@ -35,13 +35,10 @@
 # `HCLIB_BOOK_SIZE=full` before starting Jupyter to train the toy model ten times longer; the
 # prose describes the default run.
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402
 import subprocess
 import sys
-import warnings
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
 HCLIB = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
 if "google.colab" in sys.modules:  # install the book's library on Colab only

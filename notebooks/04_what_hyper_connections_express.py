@@ -38,13 +38,10 @@
 # The default run takes well under a minute on two CPU cores; `HCLIB_BOOK_SIZE=full` trains the
 # model of the last section four times longer.
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402
 import subprocess
 import sys
-import warnings
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
 HCLIB = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
 if "google.colab" in sys.modules:  # install the book's library on Colab only

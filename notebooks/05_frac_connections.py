@@ -47,7 +47,7 @@
 #
 # The extra parameters are 165,056 for the dense 1.2B model (0.014%).
 
-# %%
+# %% tags=["remove-input"]
 import subprocess
 import sys
 
@@ -55,7 +55,7 @@ if "google.colab" in sys.modules:
     hclib_url = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", hclib_url], check=True)
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
 import matplotlib.pyplot as plt
 import torch

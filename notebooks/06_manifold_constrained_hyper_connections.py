@@ -51,7 +51,7 @@
 # mHC beats HC on seven of the paper's eight benchmarks (HC is ahead on MATH), and the paper
 # reports 6.7% more training time than the baseline at $n = 4$ with its fused kernels.
 
-# %%
+# %% tags=["remove-input"]
 import subprocess
 import sys
 
@@ -59,7 +59,7 @@ if "google.colab" in sys.modules:
     hclib_url = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", hclib_url], check=True)
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
 import matplotlib.pyplot as plt
 import numpy as np

@@ -39,7 +39,7 @@
 # against `hclib`, looks at the memory kept for the backward pass and the dtype of the state, and
 # ends with where the library's kernels stand.
 
-# %%
+# %% tags=["remove-input"]
 import subprocess
 import sys
 
@@ -61,7 +61,6 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import csv
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -71,8 +70,6 @@ from IPython.display import Image, display
 from matplotlib.patches import Patch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
 
 import hclib
 from hclib import traffic

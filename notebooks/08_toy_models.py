@@ -43,7 +43,7 @@
 # months. What the toy task does resolve is the similarity side of the seesaw, where the
 # effects are large enough to stand out from the seed spread.
 
-# %%
+# %% tags=["remove-input"]
 import subprocess
 import sys
 
@@ -51,21 +51,17 @@ if "google.colab" in sys.modules:
     hclib_url = "hclib[notebooks] @ git+https://github.com/hclib-book/hclib"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", hclib_url], check=True)
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
 import datetime
 import os
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
-
 from scipy import stats
 
 import hclib
