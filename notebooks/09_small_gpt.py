@@ -589,7 +589,12 @@ for name in config.connections:
 # second of wall time. Memory is counted in a way that does not depend on the device or the
 # allocator: the bytes of the tensors autograd keeps for the backward pass of one training
 # step (`saved_activation_bytes`), per token. On a GPU, the full size also reports the peak
-# memory the allocator held.
+# memory the allocator held. The default size runs in float32 on the CPU, and the numbers
+# below are measured there. The full size runs under bfloat16 autocast, and there
+# the GPT holds the carried state in the autocast dtype by default
+# (`GPTConfig.state_dtype="autocast"`): 2 bytes per number for the streams of HC and mHC and
+# the fractions of FC, while the connections compute their coefficients in float32.
+# `state_dtype="weights"` would keep the state in float32 and double its bytes.
 
 # %% tags=["nbval-check-output"]
 base_bytes = records[0]["activation_bytes_per_token"]
@@ -622,7 +627,8 @@ for name in config.connections:
 #
 # HC Appendix B counts the activations HC adds to a transformer as $2 n d$ elements per token and
 # block, one $n$-stream state per connection: for our 4 blocks of width 64 in float32, that is
-# the number below. The reference implementation keeps more than the state: the normalised
+# the number below (at the full size on a GPU, with the state in bfloat16, 2 bytes per element
+# instead of 4). The reference implementation keeps more than the state: the normalised
 # streams that feed the dynamic weights, the weights themselves, and the intermediate results
 # of the read-out and write-in, each saved by an eager PyTorch operation. Chapter 7's fused
 # kernels exist to remove exactly these.

@@ -138,9 +138,10 @@ print(f"book size: {SIZE}, recipe: {RECIPE.relative_to(REPO)}, corpus: {CORPUS},
 # `LightningCLI` over the first two: a *recipe*, a YAML file, holds `GPTModule`'s arguments
 # under `model:`, `CorpusDataModule`'s under `data:`, the `Trainer`'s under `trainer:`, and one
 # section for each callback hclib always adds (`throughput`, `nan_guard`, `diagnostics`,
-# `checkpoint`). Every key carries a comment with its meaning and, in brackets, the value it
-# would take if the line were deleted. This is the chapter's GPU recipe,
-# `configs/moe-small.yaml`, in full:
+# `checkpoint`, and `preemption`, which saves a checkpoint when the job is told to stop and
+# which the recipes leave at its defaults). Every key carries a comment with its meaning and,
+# in brackets, the value it would take if the line were deleted. This is the chapter's GPU
+# recipe, `configs/moe-small.yaml`, in full:
 
 # %%
 print((REPO / "configs" / "moe-small.yaml").read_text())
@@ -947,7 +948,9 @@ for c in CONNECTIONS:
 # done; done
 # ```
 #
-# which logs into `runs/moe-small/version_N/` (TensorBoard and CSV).
+# which logs each connection into its own folder, `runs/moe-small-<connection>/version_N/`
+# (`runs/moe-small-hc/version_0/` for HC's first seed; TensorBoard and CSV side by side). The
+# CLI names a run `<recipe>-<connection>` unless `--run_name` names it.
 
 # %%
 RESULTS_NAME = "10_moe_llm_with_lightning"
@@ -1061,13 +1064,17 @@ print((REPO / "scripts" / "slurm" / "train.sbatch").read_text())
 # The corpus must sit on a file system that every node sees (`HCLIB_DATA`). The book's page
 # "How to run the book" lists the steps of a submission.
 #
-# The lines of `configs/cluster.yaml` that a one-GPU recipe does not have are all in its
-# `trainer` section:
+# What makes `configs/cluster.yaml` a cluster recipe, besides its size, is one line of its
+# `model` section, recomputation (the memory section below says why), and the first lines of
+# its `trainer` section, up to the precision:
 
 # %%
 cluster_text = (REPO / "configs" / "cluster.yaml").read_text().splitlines()
+recompute_line = next(line for line in cluster_text if line.strip().startswith("recompute:"))
+print(f"model:\n  ...\n{recompute_line}\n")
 begin = cluster_text.index("trainer:")
-print("\n".join(cluster_text[begin : begin + 16]))
+end = next(i for i, line in enumerate(cluster_text) if line.startswith("  precision:"))
+print("\n".join(cluster_text[begin : end + 1]))
 
 # %% [markdown]
 # ### The global batch
@@ -1116,9 +1123,12 @@ for name, devices, nodes, accumulate in SETUPS:
 # and the optimizer state, and averages the gradients across GPUs during every backward pass
 # (all-reduces of buckets of gradients, below). **FSDP** (fully sharded data parallel) splits
 # parameters, gradients and optimizer state into $W$ shards, one per GPU; before each unit of
-# the model runs (here one per connection, `auto_wrap_policy` in the recipe) the GPUs gather
-# its full parameters, and after the backward pass they reduce-scatter its gradients, so each
-# GPU keeps only its shard between uses.
+# the model runs the GPUs gather its full parameters, and after its backward pass they
+# reduce-scatter its gradients, so each GPU keeps only its shard between uses. hclib's recipes
+# shard with FSDP2 (PyTorch's `fully_shard`) through Lightning's `ModelParallelStrategy`:
+# `GPTModule.configure_model` calls `hclib.training.sharding.shard_gpt`, which makes each
+# connection, with its branch inside, one unit, and the embedding, final norm and output layer
+# the root unit.
 #
 # With `bf16-mixed` precision and AdamW, each parameter costs 16 bytes of *state*: its float32
 # value (4), its float32 gradient (4) and AdamW's two float32 moments (8). Under DDP every GPU
@@ -1132,7 +1142,7 @@ for name, devices, nodes, accumulate in SETUPS:
 STATE_BYTES = 16  # per parameter: float32 weight, gradient and AdamW's two moments
 
 
-def activation_bytes(cfg, tokens, recompute):
+def activation_bytes(cfg, tokens, recompute, state_bytes=2):
     """Estimate of the activations one GPU keeps for the backward pass, in bytes (bfloat16).
 
     A block keeps about 34 bytes per token and unit of width (Korthikanti et al. 2022, with the
@@ -1140,13 +1150,15 @@ def activation_bytes(cfg, tokens, recompute):
     like the dense layer they replace. HC and mHC keep an n-stream state per connection on top
     (HC Appendix B, hclib.traffic.hc_activation_elements). With each connection recomputed in
     the backward pass, only the connections' inputs are kept, plus one block's activations.
+    The carried state takes `state_bytes` per number: 2 under bf16-mixed with GPTConfig's
+    default state_dtype="autocast" (bfloat16), 4 with state_dtype="weights" (float32).
     """
     d, L = cfg.d_model, cfg.n_layer
     k = cfg.n if cfg.connection in ("hc", "mhc") else 1  # carried state, in units of d
     block = 34 * tokens * d
     if recompute:
-        return 2 * L * k * tokens * d * 2 + block
-    extra = 2 * hc_activation_elements(cfg.n, tokens, d, L) if k > 1 else 0
+        return 2 * L * k * tokens * d * state_bytes + block
+    extra = state_bytes * hc_activation_elements(cfg.n, tokens, d, L) if k > 1 else 0
     return L * block + extra
 
 
@@ -1176,7 +1188,7 @@ for name, model, recipe, W in MODELS:
 # All in gigabytes per GPU, estimates. "State" is weights, gradients and optimizer moments;
 # "activations" those kept for the backward pass of one micro-batch (16 windows of 1024 tokens
 # per GPU for the cluster recipe, 64 of 256 for `moe-small`), without and with each connection
-# recomputed (the cluster recipe's `activation_checkpointing_policy`). The chapter's recipe fits
+# recomputed (the cluster recipe's `model.recompute: true`). The chapter's recipe fits
 # one GPU with room to spare. The dense cluster model would fit under DDP too (5 GB of state);
 # FSDP makes the state negligible. The MoE version shows why mixtures of experts and sharding go
 # together: 1.7 billion parameters need 27 GB of state on every GPU under DDP and 1.7 GB under
@@ -1184,50 +1196,138 @@ for name, model, recipe, W in MODELS:
 # streams of every connection's input dominate what recomputation keeps: this is the memory
 # that mHC's own recomputation scheme (Chapter 7) trades against compute.
 #
+# These estimates count the carried state at 2 bytes a number, and under `bf16-mixed` that is
+# what the GPT does by default: `GPTConfig.state_dtype = "autocast"` (the command line's
+# `--model.state_dtype`) holds the state in the autocast dtype, bfloat16, while every
+# connection still computes its coefficients in float32. `--model.state_dtype weights` keeps
+# the state in the weights' float32 instead, which doubles its share. The cell below checks
+# the dtype on a small GPT under a CPU autocast, and gives the MoE cluster model's
+# activations both ways.
+
+# %% tags=["nbval-check-output"]
+_, _, _, W_cluster = MODELS[2]  # the MoE cluster model, its GPUs
+data = cluster_recipe["data"]
+cluster_tokens = data["batch_size"] // W_cluster * data["block_size"]  # one micro-batch
+torch.manual_seed(0)
+idx = torch.randint(0, 256, (2, 16))  # (B, T)
+for state_dtype in ("autocast", "weights"):
+    small_gpt = GPT(
+        GPTConfig(
+            vocab_size=256,
+            block_size=16,
+            n_layer=1,
+            n_head=2,
+            d_model=32,
+            connection="mhc",
+            state_dtype=state_dtype,
+        )
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        carried = small_gpt.state(idx)  # (B, T, n, d)
+    size = carried.element_size()
+    act = activation_bytes(cluster_moe.cfg, cluster_tokens, recompute=False, state_bytes=size)
+    act_re = activation_bytes(cluster_moe.cfg, cluster_tokens, recompute=True, state_bytes=size)
+    print(
+        f"state_dtype={state_dtype!r:<11}: weights {small_gpt.embed.weight.dtype}, state"
+        f" {carried.dtype} ({size} bytes); cluster MoE activations {act / GB:.1f} GB,"
+        f" recomputed {act_re / GB:.1f} GB"
+    )
+
+# %% [markdown]
 # FSDP pays for the memory with communication: per step each GPU receives every parameter
 # twice (gathered for the forward pass, again for the backward pass) and sends its share of
-# every gradient once. In which dtype depends on the Lightning version, which is why the cell
-# below reads it from the installed Lightning instead of stating it: the version this book is
-# run with hands FSDP a `MixedPrecision` with bfloat16 for the gathered parameters and the
-# reduced gradients under `bf16-mixed`; a version that gathered float32 parameters would move
-# twice the bytes for them. With bfloat16 that is about
-# $3 \times 2P$ bytes, against DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes
-# (each times $(W-1)/W$, for a ring). The counts are similar; what differs is when they happen.
-# FSDP's gathers sit on the critical path of every layer. DDP does not all-reduce once at the
-# end: it groups the gradients into buckets (25 MB by default, `bucket_cap_mb`, the first one
-# smaller) and starts each bucket's all-reduce as soon as the backward pass has filled it, so
-# most of the communication overlaps the rest of the backward pass. Within a node
-# (NVLink) either is cheap; across nodes `sharding_strategy: HYBRID_SHARD` shards within each
-# node and replicates across nodes, so only the gradient reduction crosses the slower network.
-#
-# %% tags=["nbval-check-output"]
-import pytorch_lightning
-import torch.nn.parallel.distributed as ddp_module
-from pytorch_lightning.plugins.precision.fsdp import FSDPPrecision
+# every gradient once. In which dtype is hclib's choice, not Lightning's: `shard_gpt` gives
+# FSDP2 no `MixedPrecisionPolicy`, so parameters are gathered and gradients reduced in their
+# own dtype, float32, even under `bf16-mixed` (autocast then casts each matrix product's
+# inputs, as on one GPU). A bfloat16 gather would halve those bytes, but the gathered
+# parameters would then be bfloat16 everywhere, the connections' coefficient weights ($\phi$,
+# $\alpha$, the static weights) included, and the book's connections compute their
+# coefficients in float32. The cell below shards a small mHC GPT with `shard_gpt` in a
+# one-process group and reads the policy and the dtype of the parameters as a connection sees
+# them inside the forward pass. In float32 that is about $2 \times 4P + 4P = 12P$ bytes per
+# step, against DDP's all-reduce of float32 gradients, about $2 \times 4P$ bytes (each times
+# $(W-1)/W$, for a ring). The counts are of the same order; what differs is when they happen.
+# FSDP's gathers sit on the critical path of every unit. DDP, which hclib leaves as it is
+# (`strategy: ddp`), does not all-reduce once at the end: it groups the gradients into
+# buckets (25 MB by default, `bucket_cap_mb`, the first one smaller) and starts each bucket's
+# all-reduce as soon as the backward pass has filled it, so most of the communication
+# overlaps the rest of the backward pass. Within a node (NVLink) either is cheap; across
+# nodes the recipe's two-dimensional mesh (`data_parallel_size: auto`, one replica per node)
+# shards within each node and replicates across nodes (HSDP), so the gathers stay inside a
+# node and only the reduction of the gradient shards between the replicas crosses the slower
+# network.
 
-fsdp_mp = FSDPPrecision("bf16-mixed").mixed_precision_config
-print(f"pytorch_lightning {pytorch_lightning.__version__}, FSDP under bf16-mixed:")
+# %% tags=["nbval-check-output"]
+import torch.distributed as dist
+import torch.nn.parallel.distributed as ddp_module
+from torch.distributed.device_mesh import init_device_mesh
+
+from hclib.training.sharding import shard_gpt
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    torch.manual_seed(0)
+    sharded = GPT(
+        GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, d_model=32, connection="mhc")
+    )
+    shard_gpt(sharded, init_device_mesh("cpu", (1,)))  # what GPTModule.configure_model does
+    unit = sharded.layers[0]  # one connection, one FSDP2 unit
+    policy = unit._get_fsdp_state()._fsdp_param_group.mp_policy  # FSDP2's record of it
+    seen = {}
+
+    def see(module, args):
+        """Runs after FSDP2's own pre-forward hook: the parameters are gathered."""
+        for name, p in module.named_parameters(recurse=False):
+            seen[name] = (p.dtype, type(p).__name__)
+
+    handle = unit.register_forward_pre_hook(see)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rms_norm's note on its float32 weight
+        sharded(idx, idx)[1].backward()
+    handle.remove()
+    grad_dtypes = sorted({str(p.grad.dtype) for p in sharded.parameters()})
+finally:
+    dist.destroy_process_group()
+
+print(f"shard_gpt's MixedPrecisionPolicy: param_dtype={policy.param_dtype},", end="")
+print(f" reduce_dtype={policy.reduce_dtype} (None: the parameters' own dtype)")
+print("inside the bf16 autocast forward, the mHC connection's own parameters:")
+for name, (dtype, kind) in seen.items():
+    print(f"  {name:<10} {dtype} ({kind}: gathered whole)")
+print(f"sharded gradients after the backward pass: {', '.join(grad_dtypes)}")
+gather = seen["phi"][0].itemsize  # bytes of a gathered parameter
+reduce = gather if policy.reduce_dtype is None else policy.reduce_dtype.itemsize
 print(
-    f"  parameters gathered as {fsdp_mp.param_dtype}, gradients reduced as {fsdp_mp.reduce_dtype}"
+    f"bytes per parameter and step: FSDP {2 * gather} + {reduce} = {2 * gather + reduce},", end=""
 )
+print(" DDP 2 x 4 = 8 (times (W-1)/W)")
 print(f"DDP's default gradient bucket: {ddp_module._DEFAULT_BUCKET_CAP_MB} MB")
 
 # %% [markdown]
 # ### Checkpoints, precision and what else changes
 #
 # * **Checkpoints.** A checkpoint holds the weights and AdamW's moments, about 12 bytes per
-#   parameter; the cell below gives the sizes. Under FSDP, `state_dict_type: full` gathers them
-#   into one file on rank 0 (slow for large models, and rank 0 needs the memory);
-#   `sharded` writes one file per GPU. Resuming (`--ckpt_path <run>/checkpoints/last.ckpt`)
-#   continues with exactly the batches the uninterrupted run would have seen, because the
-#   windows of step $i$ depend only on the seed and $i$ (Chapter 9). On a cluster, put
+#   parameter; the cell below gives the sizes. Under FSDP (`save_distributed_checkpoint:
+#   true` in the recipe) each checkpoint is a folder, `step=001000.ckpt/`, to which every GPU
+#   writes its own shard, in parallel and without gathering anything on rank 0.
+#   `python -m hclib.train convert-checkpoint FOLDER OUT.ckpt` makes one file of such a folder
+#   (the weights and the run's settings, without the optimizer state) that loads on any
+#   machine, without a process group. Resuming (`--ckpt_path <run>/checkpoints/last.ckpt`, a
+#   file or a folder) continues the checkpoint's run with exactly the batches the
+#   uninterrupted run would have seen, because the windows of step $i$ depend only on the seed
+#   and $i$ (Chapter 9); a `--model.*` or `--data.*` value that differs from the checkpoint's
+#   stops the resume with an error naming it. To start a *new* run from trained weights (with
+#   another learning rate, say), give `--model.init_from PATH` instead: the weights are
+#   loaded, and the optimizer, the schedule and the step start afresh. On a cluster, put
 #   `default_root_dir` and the logs on a file system every node sees; the job's own
 #   checkpoint before its time limit (above) covers the end of an allocation, and
 #   `checkpoint.every_n_train_steps` bounds what a crash can lose.
 # * **Precision.** `bf16-mixed` runs matrix products in bfloat16 under autocast and keeps
 #   float32 weights, gradients and optimizer state; bfloat16 has float32's exponent range, so no
-#   loss scaling is needed. The MoE router computes its softmax in float32 (`MoE.route`) and the
-#   loss is computed in float32. On a CPU the recipes use `32-true`.
+#   loss scaling is needed. The carried state is bfloat16 too (`state_dtype`, above), while the
+#   connections compute their coefficients in float32. The MoE router computes its softmax in
+#   float32 (`MoE.route`) and the loss is computed in float32. On a CPU the recipes use
+#   `32-true`.
 # * **Kernels and compilation.** On a GPU `impl: auto` runs the connections through Chapter 7's
 #   Triton kernels. `moe-small.yaml` keeps `compile: false`: the number of tokens each expert
 #   receives changes every step, which would make `torch.compile` recompile.
@@ -1248,14 +1348,22 @@ for name, model, _, W in MODELS:
 # The logs of a cluster run have the same names as the ones read above, with a few
 # differences to keep in mind:
 #
-# * **Only rank 0 writes.** `runs/cluster/version_N/` holds one `metrics.csv`, one set of
-#   TensorBoard events (`tensorboard --logdir runs`), the checkpoints and the diagnostics
-#   figures; the other processes write nothing. What the processes print goes to the job's
-#   output file, `slurm-hclib-train-<job id>.out` (the script's `--output`).
+# * **One folder per job, written by rank 0.** Under SLURM a run's logs go into
+#   `runs/cluster-mhc/slurm-<job id>/` (the run's name, `<recipe>-<connection>`, then the job
+#   instead of `version_N`), and a requeued job's into `slurm-<job id>-requeue<k>/` beside
+#   it. It holds one `metrics.csv`, one set of TensorBoard events (`tensorboard --logdir
+#   runs`), the diagnostics figures and `checkpoints/`; rank 0 writes all of it except the
+#   checkpoint folders, to which every process adds its shard. The checkpoint a job saves
+#   before its time limit, `hpc_ckpt_<k>.ckpt`, waits in `runs/cluster-mhc/` for the requeued
+#   job. What the processes print goes to the job's output file,
+#   `slurm-hclib-train-<job id>.out` (the script's `--output`).
 # * **What is averaged over GPUs.** `val/loss` is averaged over all ranks (`sync_dist=True`).
-#   `train/loss`, `train/ce` and every `moe/*` value are rank 0's own micro-batch, one
-#   $W$-th of the global batch: noisier than a one-GPU run of the same recipe, but drawn from
-#   the same data.
+#   The expert loads, `moe/load/*` and `moe/load_max/*`, count the assignments of every GPU:
+#   `MoE` sums its counts over the ranks (one all-reduce of $E$ numbers per layer and step),
+#   because the load-balancing loss is defined on the whole batch, and `moe/aux_loss/*` uses
+#   these global loads with rank 0's router probabilities. `train/loss`, `train/ce` and
+#   `moe/z_loss/*` are rank 0's own micro-batch, one $W$-th of the global batch: noisier than
+#   a one-GPU run of the same recipe, but drawn from the same data.
 # * **Throughput.** `tokens_per_s` counts the tokens of all GPUs; `mfu` divides the model's
 #   arithmetic by the peak of all GPUs (`hclib.training.flops`), so a run whose MFU falls as
 #   nodes are added is losing time to communication or waiting.
@@ -1286,9 +1394,10 @@ for name, model, _, W in MODELS:
 # - On a cluster, the global batch is micro-batch × devices × nodes × accumulation (in hclib,
 #   `data.batch_size` is already global); DDP keeps 16 bytes of state per parameter on every
 #   GPU and all-reduces its gradients in buckets that overlap the backward pass, FSDP keeps one
-#   $W$-th of the state and gathers each unit's parameters before it runs (in the dtypes the
-#   installed Lightning chooses), and neither shrinks the activations, for which recomputation
-#   is the tool.
+#   $W$-th of the state and gathers each unit's parameters before it runs (in float32 in
+#   hclib, which keeps the connections' coefficients float32), and neither shrinks the
+#   activations, for which recomputation (`model.recompute`) and the bfloat16 state are the
+#   tools.
 
 # %% [markdown]
 # ## Exercises
