@@ -44,7 +44,7 @@
 # at `HCLIB_BOOK_SIZE=full`, and loads when present, a size for one GPU: a GPT of 50M
 # parameters trained on 200M tokens per connection.
 
-# %%
+# %% tags=["remove-input"]
 import subprocess
 import sys
 
@@ -55,18 +55,15 @@ if "google.colab" in sys.modules:
     build = [sys.executable, "-m", "hclib.data", "build", "--corpus", "shakespeare-byte"]
     subprocess.run(build, check=True)
 
-# %%
+# %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
 
 from hclib.analysis import (
     adjacent_cosine_similarity,

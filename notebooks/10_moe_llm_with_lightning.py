@@ -40,7 +40,7 @@
 # recipe file, the command line, logs on disk. It then reads the logs as data, and ends with
 # the recipe for a cluster.
 
-# %%
+# %% tags=["remove-input"]
 import os
 import subprocess
 import sys
@@ -75,8 +75,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import yaml
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
 
 import hclib
 from hclib.book import book_size, scaled
