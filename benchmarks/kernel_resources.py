@@ -16,7 +16,7 @@ allocates them). Triton's bundled ``ptxas -v`` reports the registers and spill b
 A config *fits* when nothing spills and its shared memory is at most the per-block limit of the
 target (opt-in maximum of the CUDA programming guide's table of compute capabilities: 227 KiB on
 sm_90, 163 KiB on sm_80). A config that the kernel's ``prune_configs_by`` removes for that shape
-is listed as ``pruned`` and may not fit; the script exits with status 1 when a config that
+is listed as ``pruned`` (and compiled only with ``--compile-pruned``): it may not fit; the script exits with status 1 when a config that
 autotuning may pick (not pruned) does not fit, and 0 otherwise.
 
 Compiles that cannot differ are done once (the same kernel, signature, constexprs, options and
@@ -104,7 +104,7 @@ def fits(spill_bytes: int, shared_bytes: int, arch: int) -> bool:
 
 def failures(rows: Iterable[dict]) -> list[dict]:
     """The rows that make the check fail: configs autotuning may pick that do not fit."""
-    return [r for r in rows if not r["fits"] and not r["pruned"]]
+    return [r for r in rows if r["fits"] is False and not r["pruned"]]
 
 
 # ------------------------------------------------------------------------ compile jobs
@@ -459,10 +459,11 @@ def _sinkhorn_launches(n: int, tokens: int) -> list[Launch]:
 
 
 # ------------------------------------------------------------------------------- running
-def plan(archs, ns, d, dtypes, tokens, only: str = ""):
+def plan(archs, ns, d, dtypes, tokens, only: str = "", pruned_too: bool = False):
     """``(rows, jobs)``: one row per (target, kernel, config, n, dtype) without its numbers, and
-    the distinct compiles; ``row["job"]`` indexes ``jobs``. ``only``: comma-separated
-    substrings, to keep the kernels whose label contains one of them."""
+    the distinct compiles; ``row["job"]`` indexes ``jobs`` (None for a pruned config, unless
+    ``pruned_too``). ``only``: comma-separated substrings, to keep the kernels whose label
+    contains one of them."""
     rows, index, jobs = [], {}, []
     keep = [x for x in only.split(",") if x]
     for arch in archs:
@@ -472,11 +473,13 @@ def plan(archs, ns, d, dtypes, tokens, only: str = ""):
                     if keep and not any(x in launch.kernel for x in keep):
                         continue
                     for label, pruned, job in _jobs(launch, arch, d % 16 == 0):
-                        if job not in index:
+                        if pruned and not pruned_too:
+                            job = None
+                        elif job not in index:
                             index[job] = len(jobs)
                             jobs.append(job)
                         row = dict(arch=arch, kernel=launch.kernel, config=label, n=n, d=d)
-                        row |= dict(dtype=dtype, pruned=pruned, job=index[job])
+                        row |= dict(dtype=dtype, pruned=pruned, job=index.get(job))
                         rows.append(row)
     return rows, jobs
 
@@ -494,19 +497,28 @@ def run(rows, jobs, processes: int, cache: Path | None = None):
             _worker_init(triton_cache)
             results = [work(j) for j in jobs]
     for row in rows:
+        if row["job"] is None:  # pruned, not compiled: no numbers
+            row |= dict(registers=None, spill_bytes=None, shared_bytes=None, fits=None)
+            continue
         regs, spills, shared = results[row["job"]]
         row |= dict(registers=regs, spill_bytes=spills, shared_bytes=shared)
         row["fits"] = fits(spills, shared, row["arch"])
     return rows
 
 
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def table(rows) -> str:
     """The rows as a Markdown table, in the order of :data:`COLUMNS`."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [
-            str(r[c]) if not isinstance(r[c], bool) else ("yes" if r[c] else "no") for c in COLUMNS
-        ]
+        cells = [_cell(r[c]) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -565,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of results kept between runs, by job and kernel source (default: %(default)s)",
     )
     ap.add_argument("--no-cache", action="store_true", help="compile everything again")
+    ap.add_argument(
+        "--compile-pruned",
+        action="store_true",
+        help="also compile the configs that pruning removes (default: list them, '-' numbers)",
+    )
     args = ap.parse_args(argv)
     archs = args.arch or [90, 80]
     for a in archs:
@@ -581,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     start = time.perf_counter()
-    rows, jobs = plan(archs, args.n, args.d, dtypes, args.tokens, args.kernels)
+    rows, jobs = plan(archs, args.n, args.d, dtypes, args.tokens, args.kernels, args.compile_pruned)
     print(f"{len(rows)} configs, {len(jobs)} distinct compiles, {args.jobs} processes", flush=True)
     rows = run(rows, jobs, args.jobs, None if args.no_cache else args.cache)
     seconds = time.perf_counter() - start

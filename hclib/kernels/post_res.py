@@ -174,11 +174,11 @@ def _configs(pairs):
 # Every config below compiles without register spills for n <= 8 on sm_80 and sm_90 (checked by
 # benchmarks/kernel_resources.py): none needs pruning.
 _post_res_fwd_tuned = triton.autotune(
-    configs=_configs([(1, 1024, 4), (1, 2048, 8), (2, 512, 4), (4, 256, 4)]),
+    configs=_configs([(1, 1024, 4), (1, 2048, 8), (4, 256, 4)]),
     key=["D", "N", "Y_ROWS"],
 )(_post_res_fwd)
 _post_res_bwd_tuned = triton.autotune(
-    configs=_configs([(1, 512, 4), (1, 1024, 8), (2, 512, 8), (4, 128, 4)]),
+    configs=_configs([(1, 512, 4), (1, 1024, 8), (4, 128, 4)]),
     key=["D", "N", "Y_ROWS"],
 )(_post_res_bwd)
 
