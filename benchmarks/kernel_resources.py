@@ -16,8 +16,9 @@ allocates them). Triton's bundled ``ptxas -v`` reports the registers and spill b
 A config *fits* when nothing spills and its shared memory is at most the per-block limit of the
 target (opt-in maximum of the CUDA programming guide's table of compute capabilities: 227 KiB on
 sm_90, 163 KiB on sm_80). A config that the kernel's ``prune_configs_by`` removes for that shape
-is listed as ``pruned`` (and compiled only with ``--compile-pruned``): it may not fit; the script exits with status 1 when a config that
-autotuning may pick (not pruned) does not fit, and 0 otherwise.
+is listed as ``pruned``, without numbers (compiled only with ``--compile-pruned``): autotuning
+never runs it. The script exits with status 1 when a config that autotuning may pick (not
+pruned) does not fit, and 0 otherwise.
 
 Compiles that cannot differ are done once (the same kernel, signature, constexprs, options and
 target, e.g. a kernel that only sees float32 buffers, for both state dtypes), in ``--jobs``
@@ -376,10 +377,11 @@ def launches(n: int, d: int, dtype: str, tokens: int) -> list[Launch]:
     scal = {"T": T, "D": ("i32", d), "K": ("i32", K), "eps": ("fp32", 1e-6), "iters": ("i32", 20)}
     meta = dict(common, SPLIT=split, PREC=prec, ROUND=False)
     out.append(Launch("mhc_fwd", mp.__name__, "_manifold_pre_fwd", ptr, scal, meta, mp._fwd_tuned))
-    ptr = dict(Z=f32, BIAS=f32, ALPHA=f32, RES=f32, FLAG="i32")
-    scal = {"T": T, "K": ("i32", K), "iters": ("i32", 20)}
-    meta = dict(N=n, NP=NP, K=K, BT=64)
-    out.append(Launch("mhc_redo", mp.__name__, "_manifold_pre_redo", ptr, scal, meta))
+    if hasattr(mp, "_manifold_pre_redo"):  # the log-space redo, where the forward has one
+        ptr = dict(Z=f32, BIAS=f32, ALPHA=f32, RES=f32, FLAG="i32")
+        scal = {"T": T, "K": ("i32", K), "iters": ("i32", 20)}
+        meta = dict(N=n, NP=NP, K=K, BT=64)
+        out.append(Launch("mhc_redo", mp.__name__, "_manifold_pre_redo", ptr, scal, meta))
     ptr = dict(H=st, G_H0=st, FLAG="i32")
     names = ("G_POST", "G_RES", "Z", "RINV", "BIAS", "ALPHA", "PRE", "DZS", "CX", "PART")
     ptr |= {a: f32 for a in names}

@@ -112,14 +112,18 @@ def test_one_kernel_compiles_for_sm_90_and_is_reported(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, str(SCRIPT), "--arch", "90", "--n", "2", "--d", "256"]
-    cmd += ["--dtype", "fp32", "--kernels", "mhc_redo", "--jobs", "1", "--no-cache"]
+    cmd += ["--dtype", "fp32", "--kernels", "post_res_fwd[HC]", "--jobs", "1", "--no-cache"]
     cmd += ["--out", str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = (tmp_path / "kernel_resources.csv").read_text().splitlines()
     assert lines[0] == ",".join(kr.COLUMNS)
-    assert len(lines) == 2
-    row = dict(zip(kr.COLUMNS, lines[1].split(","), strict=True))
-    assert row["arch"] == "90" and row["kernel"] == "mhc_redo" and row["fits"] == "True"
-    assert 0 < int(row["registers"]) <= 255
-    assert "mhc_redo" in (tmp_path / "kernel_resources.md").read_text()
+    from hclib.kernels.post_res import _post_res_fwd_tuned
+
+    assert len(lines) == 1 + len(_post_res_fwd_tuned.configs)  # one row per config
+    for line in lines[1:]:
+        row = dict(zip(kr.COLUMNS, line.split(","), strict=True))
+        assert row["arch"] == "90" and row["kernel"] == "post_res_fwd[HC]"
+        assert row["fits"] == "True" and row["spill_bytes"] == "0"
+        assert 0 < int(row["registers"]) <= 255
+    assert "post_res_fwd[HC]" in (tmp_path / "kernel_resources.md").read_text()

@@ -18,29 +18,36 @@ One pass over ``H`` computes the weights: the norm is linear once its statistics
 ``z = rstd (sum_d (H - c) gamma W - (mu - c) gamma @ W) + bias @ W`` needs only per-row sums
 of ``H - c``, ``(H - c)^2`` and ``(H - c) gamma W``, accumulated together (``c``, the row's
 first feature, is a shift that keeps ``E[x^2] - E[x]^2`` from cancelling). The read-out then
-needs the weights, so a second pass over the same token's ``H`` follows inside the same
-program, right after the first: on a GPU it is served from L2 (a token's state is
-``k f s`` bytes, 32 KiB at n = 4, d = 4096, bf16), so HBM sees ``H`` once.
+needs the weights, so a second pass over the same tokens' ``H`` follows inside the same
+program, right after the first (a program's tokens are ``BT k f s`` bytes, 32 KiB per token at
+n = 4, d = 4096, bf16): it is served from L2 only while the resident programs' tokens fit there,
+so HBM sees ``H`` once (full reuse) to twice (none).
 
-Bytes per token (``s`` bytes per element): forward reads ``k f s`` and writes ``p f s``
-(the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights and statistics. The
-backward reads ``H``, ``dout`` and the post+res step's ``dH`` and writes ``dH``:
-``(3 k + p) f s`` (its second pass over ``H`` and ``dout``, after the per-token weight
-gradients are known, is again the same program's, from L2), plus, per program of ``BT``
-tokens, one float32 partial sum
-``(p + k + 1, f)`` for the projection's gradient, reduced over programs in PyTorch afterwards
-(deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's bytes, ~9 % for
-HC n = 4 in bf16 with ``BT = 32``. All other parameter gradients follow from that sum and
-from per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorch.
+Bytes per token (``s`` bytes per element): forward reads ``k f s`` (to ``2 k f s`` without L2
+reuse) and writes ``p f s`` (the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights
+and statistics. The backward reads ``H``, ``dout`` and the post+res step's ``dH`` and writes
+``dH``: ``(3 k + p) f s``, plus a second read of ``H`` and ``dout`` (its second pass, after the
+per-token weight gradients are known) that L2 serves only in part: a program's ``BT = 64``
+tokens are 2 MiB at n = 4, d = 4096, bf16. Per program, one float32 partial sum
+``(p + k + 1, f)`` for the projection's gradient is written and reduced over programs in
+PyTorch afterwards (deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's
+bytes, 4.7 % for HC n = 4 in bf16. All other parameter gradients follow from that sum and from
+per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorch.
 
-Layout: ``H`` flattened to ``(T, k, f)`` contiguous; one program per ``BT`` tokens looping
-over ``f`` in blocks of ``BD``; tiles ``(BT, k, BD)`` with ``k`` padded to a power of two.
-The projection and its two gradients are ``tl.dot`` s of the ``(BT k, BD)`` rows with the
-``(BD, p + k + 1)`` block of ``W`` (float32 "ieee" precision, coefficients padded to 16). On a
-GPU the forward takes ``BT = 16 / k`` tokens (``tl.dot`` needs 16 rows) and the backward
-``BT = 32`` (which sets the size of the partial sums); ``BD`` and the warps are autotuned.
-In the interpreter the blocks are large (each program runs in Python). Math in float32
-(float64 for float64 inputs); the read-out and ``dH`` in the dtype of ``H``.
+Layout: ``H`` flattened to ``(T, k, f)`` contiguous, ``k`` padded to a power of two ``KP``. The
+forward runs one program per ``BT = 16 / KP`` tokens (16 rows, what ``tl.dot`` needs), looping
+over ``f`` in blocks of ``BD``: tiles ``(BT, KP, BD)``. The backward runs one program per
+``BT = 64`` tokens (which sets the number of partial sums) and walks them in sub-blocks of
+``ROWS = 16`` or ``32`` rows: pass 1 over ``f`` per sub-block, then pass 2 per block of ``BD``
+features over the sub-blocks, so that the projection's gradient for those features sums over
+all 64 tokens in registers while every tile stays ``(ROWS / KP, KP, BD)``. The projection and
+its two gradients are ``tl.dot`` s of the ``(rows, BD)`` tiles with the ``(BD, p + k + 1)``
+block of ``W``, coefficients padded to 16, on tensor cores in 3xTF32 (float32 accuracy); the
+interpreter and float64 compute them in IEEE arithmetic. ``BD``, ``ROWS`` and the warps are
+autotuned among configs that compile without register spills on sm_80 and sm_90 for
+``k <= 8`` (``benchmarks/kernel_resources.py``); in the interpreter the blocks are large (each
+program runs in Python). Math in float32 (float64 for float64 inputs); the read-out and ``dH``
+in the dtype of ``H``.
 
 Layers: ``_readout_fwd`` / ``_readout_bwd`` (kernels) -> :func:`readout_forward` /
 :func:`readout_backward` (launchers) -> :class:`ReadOut` (``torch.autograd.Function``) ->
@@ -258,7 +265,7 @@ def _readout_bwd(
             tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
             rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
             h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BS, KP, BD)
-            for jj in tl.static_range(P):
+            for jj in range(P):  # a loop, not unrolled: FC has P = m columns
                 go = tl.load(
                     GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0
                 )
@@ -276,7 +283,8 @@ def _readout_bwd(
             gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
             bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
             # the norm's backward needs mean_d(dxhat) and mean_d(dxhat xhat), both closed
-            # forms: dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and g_z . (z - bias @ W)
+            # forms: dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and
+            # g_z . (z - bias @ W)
             c1 = tl.sum(g_z * gw[None, None, :], axis=2) / F  # (BS, KP)
             c2 = tl.sum(g_z * (z - bw[None, None, :]), axis=2) / F
             tc = t[:, None] * (2 * K) + i[None, :]
@@ -307,7 +315,7 @@ def _readout_bwd(
                 g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
             else:
                 g_h = tl.zeros((BS, KP, BD), dtype=ACC)
-            for jj in tl.static_range(P):  # sum_j coef_i[j] dout_j
+            for jj in range(P):  # sum_j coef_i[j] dout_j, a loop (not unrolled)
                 go = tl.load(
                     GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0
                 )
@@ -353,32 +361,34 @@ def _readout_bwd(
 # Every config here compiles without spills for k <= 8 on sm_80 and sm_90 (checked by
 # benchmarks/kernel_resources.py); the rules below drop those that would not.
 def _prune_forward(configs, named_args, **meta):
-    """Drop the forward's 128-feature blocks where its registers run out: dynamic weights with
-    many state rows (``KP >= 8``) or several read-out columns (FC, ``P > 1``)."""
-    if meta.get("DYNAMIC", True) and (meta.get("KP", 1) >= 8 or meta.get("P", 1) > 1):
+    """Dynamic weights: feature blocks of at most 64 (at 128, pass 1's tile and its ``tl.dot``
+    spill registers); static read-outs keep every config."""
+    if meta.get("DYNAMIC", True):
         return [c for c in configs if c.kwargs["BD"] <= 64] or configs[:1]
     return configs
 
 
 def _prune_backward(configs, named_args, **meta):
-    """16-feature blocks only for 8 read-out columns or more (FC at m = 8, whose unrolled loops
-    over the columns spill otherwise), never below; and sub-blocks of at least one token and at
-    most the program's ``BT`` tokens."""
+    """Keep sub-blocks of at least one token and at most the program's ``BT`` tokens; for 8
+    read-out columns or more (FC at m = 8) with a float32 state, feature blocks of at most 32
+    (ptxas spills a few bytes at 64)."""
     KP, BT, P = meta.get("KP", 1), meta.get("BT", GPU_BACKWARD_TOKENS), meta.get("P", 1)
+    size = named_args["H"].element_size() if "H" in named_args else 2
     kept = [c for c in configs if KP <= c.kwargs["ROWS"] <= KP * BT]
-    kept = [c for c in kept if (c.kwargs["BD"] == 16) == (P >= 8)]
+    if P >= 8 and size >= 4:
+        kept = [c for c in kept if c.kwargs["BD"] * c.kwargs["ROWS"] <= 512 * c.num_warps // 4]
     return kept or configs[:1]
 
 
 _readout_fwd_tuned = triton.autotune(
-    configs=[triton.Config({"BD": bd}, num_warps=w) for bd, w in [(32, 4), (64, 4), (128, 4)]],
+    configs=[triton.Config({"BD": bd}, num_warps=w) for bd, w in [(32, 4), (64, 8), (128, 8)]],
     key=["F", "K", "P", "DYNAMIC"],
     prune_configs_by={"early_config_prune": _prune_forward},
 )(_readout_fwd)
 _readout_bwd_tuned = triton.autotune(
     configs=[
         triton.Config({"ROWS": rows, "BD": bd}, num_warps=w)
-        for rows, bd, w in [(16, 16, 4), (16, 64, 4), (32, 32, 4), (32, 64, 8)]
+        for rows, bd, w in [(16, 32, 4), (16, 64, 4), (32, 64, 8)]
     ],
     key=["F", "K", "P", "DYNAMIC"],
     prune_configs_by={"early_config_prune": _prune_backward},

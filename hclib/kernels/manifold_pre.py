@@ -486,12 +486,11 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# The configs below compile for sm_90 without register spills (checked with ptxas' resource
-# usage, not yet timed on a GPU): the (BT, BD) tiles of a pass over every stream cost
-# registers for the values and 64-bit addresses of each stream's tile, so BD stays small.
+# Every config below that its rule keeps compiles without register spills on sm_80 and sm_90
+# for n <= 8 (checked by benchmarks/kernel_resources.py, which applies the same rules).
 def _fwd_configs():
     # 64 tokens per program: phi is read once per 64 tokens' rows of H (a quarter of their
-    # bytes at n = 4 in bf16, from L2), in (BC, KP) tiles of full aligned rows
+    # bytes at n = 4 in bf16, from L2), in (BC, KP) tiles of whole aligned rows
     return [
         triton.Config({"BT": bt, "BC": bc, "BD": bd}, num_warps=w, num_stages=s)
         for bt, bc, bd, w, s in [
@@ -502,11 +501,27 @@ def _fwd_configs():
     ]
 
 
+def _prune_fwd(configs, named_args, **meta):
+    """At ``n = 8`` (``KP = 128``) with a float32 state, ``BC BD <= 2048``: the ``(64, KP)``
+    accumulator leaves no room for wider tiles."""
+    size = named_args["H"].element_size() if "H" in named_args else 2
+    if meta.get("KP", 16) >= 128 and size >= 4:
+        return [c for c in configs if c.kwargs["BC"] * c.kwargs["BD"] <= 2048] or configs[:1]
+    return configs
+
+
 def _coef_configs():
     return [
         triton.Config({"BT": bt, "BD": bd}, num_warps=w)
-        for bt, bd, w in [(8, 64, 4), (16, 64, 8), (16, 128, 8)]
+        for bt, bd, w in [(4, 128, 4), (8, 64, 4), (16, 128, 8)]
     ]
+
+
+def _prune_coef(configs, named_args, **meta):
+    """Sinkhorn's ``(BT, NP, NP)`` tiles of at most two values per thread
+    (``BT NP^2 <= 64 num_warps``): its backward keeps several of them live."""
+    NP = meta.get("NP", 2)
+    return [c for c in configs if c.kwargs["BT"] * NP * NP <= 64 * c.num_warps] or configs[:1]
 
 
 def _state_configs():
@@ -516,27 +531,36 @@ def _state_configs():
         triton.Config({"BT": bt, "BD": bd}, num_warps=w, num_stages=s)
         for bt, bd, w, s in [
             (16, 32, 4, 3),
-            (16, 64, 4, 3),
+            (16, 64, 8, 3),
             (32, 64, 8, 3),
-            (16, 128, 8, 3),
         ]
     ]
 
 
 def _prune_state(configs, named_args, **meta):
-    """Keep the configs whose rows of ``H`` are read in segments of at least 128 bytes, and for
-    ``KP >= 128`` (n = 8) those whose ``phi`` and ``dphi`` tiles of ``BD x KP`` stay within
-    8192 values (64 registers per thread for 4 warps)."""
+    """Keep the configs whose rows of ``H`` are read in segments of at least 128 bytes, whose
+    ``(BT, BD)`` state tiles are at most 4 KiB, and at ``n = 8`` (``KP = 128``) whose ``(BT,
+    KP)`` tile of ``r dz`` has at most 2048 values."""
     size = named_args["H"].element_size() if "H" in named_args else 2
     KP = meta.get("KP", 16)
-    kept = [c for c in configs if c.kwargs["BD"] * size >= 128]
-    kept = [c for c in kept if KP < 128 or c.kwargs["BD"] * KP <= 8192 * c.num_warps // 4]
-    return kept or configs[:1]
+
+    def ok(c):
+        BT, BD = c.kwargs["BT"], c.kwargs["BD"]
+        return BD * size >= 128 and BT * BD * size <= 4096 and (KP < 128 or BT * KP <= 2048)
+
+    return [c for c in configs if ok(c)] or configs[:1]
 
 
-_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=["D", "N", "SPLIT"])(_manifold_pre_fwd)
+_fwd_tuned = triton.autotune(
+    configs=_fwd_configs(),
+    key=["D", "N", "SPLIT"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
+)(_manifold_pre_fwd)
 _coef_tuned = triton.autotune(  # PART has one row per program: configs differ in their count
-    configs=_coef_configs(), key=["D", "N"], reset_to_zero=["PART"]
+    configs=_coef_configs(),
+    key=["D", "N"],
+    reset_to_zero=["PART"],
+    prune_configs_by={"early_config_prune": _prune_coef},
 )(_manifold_pre_bwd_coef)
 _state_tuned = triton.autotune(
     configs=_state_configs(),
