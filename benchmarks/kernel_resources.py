@@ -488,8 +488,13 @@ def plan(archs, ns, d, dtypes, tokens, only: str = "", pruned_too: bool = False)
 
 def run(rows, jobs, processes: int, cache: Path | None = None):
     """Compile ``jobs`` in ``processes`` processes and fill in every row's numbers (results kept
-    in and read from the folder ``cache`` unless it is None)."""
+    in and read from the folder ``cache`` unless it is None). Returns ``(rows, cache hits)``."""
     work = functools.partial(compile_job, cache=cache)
+    hits = 0
+    if cache is not None:
+        for j in jobs:
+            fn = getattr(importlib.import_module(j.module), j.fn)
+            hits += _cache_file(j, fn, cache).exists()
     with tempfile.TemporaryDirectory() as triton_cache:
         if processes > 1:
             ctx = multiprocessing.get_context("spawn")
@@ -505,7 +510,7 @@ def run(rows, jobs, processes: int, cache: Path | None = None):
         regs, spills, shared = results[row["job"]]
         row |= dict(registers=regs, spill_bytes=spills, shared_bytes=shared)
         row["fits"] = fits(spills, shared, row["arch"])
-    return rows
+    return rows, hits
 
 
 def _cell(value) -> str:
@@ -525,7 +530,32 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def write(rows, out: Path, argv: list[str], seconds: float, version: str) -> None:
+def summary(rows) -> str:
+    """Per (target, kernel): configs kept, the most registers, spill bytes and shared memory
+    among them, as a Markdown table."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        if not r["pruned"]:
+            groups.setdefault((r["arch"], r["kernel"]), []).append(r)
+    lines = [
+        "| arch | kernel | configs | max registers | max spill_bytes | max shared KiB | all fit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (arch, kernel), rs in groups.items():
+        shared = max(r["shared_bytes"] for r in rs) / 1024
+        lines.append(
+            f"| {arch} | {kernel} | {len(rs)} | {max(r['registers'] for r in rs)} | "
+            f"{max(r['spill_bytes'] for r in rs)} | {shared:.1f} | "
+            f"{_cell(all(r['fits'] for r in rs))} |"
+        )
+    return "\n".join(lines)
+
+
+def write(
+    rows, out: Path, argv: list[str], seconds: float, version: str, compiles: tuple[int, int]
+) -> None:
+    """``kernel_resources.csv`` and ``kernel_resources.md`` in ``out``; ``compiles``: (distinct
+    compiles, how many of them were read from the cache)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "kernel_resources.csv", "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -540,15 +570,23 @@ def write(rows, out: Path, argv: list[str], seconds: float, version: str) -> Non
         "# Register and shared-memory use of the Triton kernels, per autotune config",
         "",
         f"`python benchmarks/kernel_resources.py {' '.join(argv)}` (Triton {version}, "
-        f"compiled ahead of time with its bundled ptxas; no GPU), {seconds:.0f} s.",
+        f"compiled ahead of time with its bundled ptxas; no GPU): {compiles[0]} distinct "
+        f"compiles ({compiles[1]} of them read from the result cache) in {seconds:.0f} s.",
         "",
         "`registers`: per thread; `spill_bytes`: spill stores plus spill loads per thread; "
         f"`shared_bytes`: per block, against the per-block limit ({limits}). "
         "`fits`: no spills and shared memory within the limit. `pruned`: the kernel's "
-        "`prune_configs_by` removes the config at this shape, so autotuning never runs it.",
+        "`prune_configs_by` removes the config at this shape, so autotuning never runs it "
+        "(not compiled: `-`).",
         "",
         f"{len(rows)} rows, {pruned} pruned; configs that autotuning may pick and that do not "
         f"fit: **{len(bad)}**.",
+        "",
+        "## Per kernel and target (configs autotuning may pick, over n and dtypes)",
+        "",
+        summary(rows),
+        "",
+        "## Every config",
         "",
         table(rows),
         "",
@@ -602,13 +640,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows, jobs = plan(archs, args.n, args.d, dtypes, args.tokens, args.kernels, args.compile_pruned)
     print(f"{len(rows)} configs, {len(jobs)} distinct compiles, {args.jobs} processes", flush=True)
-    rows = run(rows, jobs, args.jobs, None if args.no_cache else args.cache)
+    rows, hits = run(rows, jobs, args.jobs, None if args.no_cache else args.cache)
     seconds = time.perf_counter() - start
     print(table(rows))
     bad = failures(rows)
-    print(f"\n{len(rows)} configs ({sum(r['pruned'] for r in rows)} pruned) in {seconds:.0f} s")
+    print(
+        f"\n{len(rows)} configs ({sum(r['pruned'] for r in rows)} pruned), {len(jobs)} compiles "
+        f"({hits} from the cache) in {seconds:.0f} s"
+    )
     if args.out:
-        write(rows, args.out, argv, seconds, triton.__version__)
+        write(rows, args.out, argv, seconds, triton.__version__, (len(jobs), hits))
         print(f"wrote {args.out / 'kernel_resources.csv'} and kernel_resources.md")
     if bad:
         print(f"FAIL: {len(bad)} configs that autotuning may pick spill or exceed shared memory:")
