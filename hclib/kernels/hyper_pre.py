@@ -181,7 +181,7 @@ def _readout_fwd(
     # the read-out weights, coef[:, :, :P]  (BT, KP, PP)
     is_pre = c[None, None, None, :] == j[None, None, :, None]  # column c is read-out j
     pre = tl.sum(tl.where(is_pre, coef[:, :, None, :], 0.0), axis=3)  # (BT, KP, PP)
-    # pass 2: out_j = sum_i coef_i[j] H_i (the same token's H again: from L2 on a GPU)
+    # pass 2: out_j = sum_i coef_i[j] H_i (the same tokens' H again: from L2 if still there)
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
@@ -358,8 +358,8 @@ def _readout_bwd(
 
 # BT is set by the launcher: BT k = 16 rows for tl.dot in the forward; in the backward BT
 # sizes the buffer of partial sums, and ROWS = BS k rows of BS tokens make one sub-block.
-# Every config here compiles without spills for k <= 8 on sm_80 and sm_90 (checked by
-# benchmarks/kernel_resources.py); the rules below drop those that would not.
+# The configs the rules below keep compile without register spills for k <= 8 on sm_80 and
+# sm_90, in bf16 and float32 (checked by benchmarks/kernel_resources.py).
 def _prune_forward(configs, named_args, **meta):
     """Dynamic weights: feature blocks of at most 64 (at 128, pass 1's tile and its ``tl.dot``
     spill registers); static read-outs keep every config."""
