@@ -177,6 +177,31 @@ def test_read_out_op_rejects_a_phi_of_the_wrong_shape():
         manifold_pre(state((3, 4, 33), F32), module.phi[:, :23], module.bias, *gates, 1e-6, 20)
 
 
+def test_phi_split_is_padded_exact_to_16_bits_and_made_once_per_weight_version():
+    """The bf16 halves of ``phi`` that a GPU's forward reads: ``hi + lo`` equals ``phi`` to
+    about 2^-16 relative, the padding columns are 0, and the split is cached with the weight:
+    the same tensors while the weight is unchanged, new ones after an in-place update."""
+    from hclib.kernels.manifold_pre import _phi_operands, clear_phi_cache
+
+    clear_phi_cache()
+    phi = nn.Parameter(torch.randn(132, 24, generator=torch.Generator().manual_seed(0)))
+    hi, lo = _phi_operands(phi, 32, split=True)
+    assert hi.shape == lo.shape == (132, 32) and hi.dtype == lo.dtype == BF16
+    assert not hi[:, 24:].any() and not lo[:, 24:].any()
+    err = (hi.float() + lo.float())[:, :24] - phi.detach()
+    assert err.abs().max() <= 2.0**-16 * phi.detach().abs().max()
+    again = _phi_operands(phi, 32, split=True)
+    assert again[0] is hi and again[1] is lo  # cached: not split again
+    with torch.no_grad():
+        phi.mul_(2.0)  # an optimizer step: bumps the version
+    hi2, lo2 = _phi_operands(phi, 32, split=True)
+    assert hi2 is not hi
+    torch.testing.assert_close(hi2.float() + lo2.float(), 2 * (hi.float() + lo.float()))
+    other = phi.detach().clone()  # another tensor: never served the cached split of phi
+    assert _phi_operands(other, 32, split=True)[0] is not hi2
+    clear_phi_cache()
+
+
 # --------------------------------------------------------------------------- impl switch
 def test_auto_runs_the_reference_on_cpu_tensors_even_in_the_interpreter():
     ref, auto = make_pair(2, 33, F32, iters=5)

@@ -18,29 +18,36 @@ One pass over ``H`` computes the weights: the norm is linear once its statistics
 ``z = rstd (sum_d (H - c) gamma W - (mu - c) gamma @ W) + bias @ W`` needs only per-row sums
 of ``H - c``, ``(H - c)^2`` and ``(H - c) gamma W``, accumulated together (``c``, the row's
 first feature, is a shift that keeps ``E[x^2] - E[x]^2`` from cancelling). The read-out then
-needs the weights, so a second pass over the same token's ``H`` follows inside the same
-program, right after the first: on a GPU it is served from L2 (a token's state is
-``k f s`` bytes, 32 KiB at n = 4, d = 4096, bf16), so HBM sees ``H`` once.
+needs the weights, so a second pass over the same tokens' ``H`` follows inside the same
+program, right after the first (a program's tokens are ``BT k f s`` bytes, 32 KiB per token at
+n = 4, d = 4096, bf16): it is served from L2 only while the resident programs' tokens fit there,
+so HBM sees ``H`` once (full reuse) to twice (none).
 
-Bytes per token (``s`` bytes per element): forward reads ``k f s`` and writes ``p f s``
-(the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights and statistics. The
-backward reads ``H``, ``dout`` and the post+res step's ``dH`` and writes ``dH``:
-``(3 k + p) f s`` (its second pass over ``H`` and ``dout``, after the per-token weight
-gradients are known, is again the same program's, from L2), plus, per program of ``BT``
-tokens, one float32 partial sum
-``(p + k + 1, f)`` for the projection's gradient, reduced over programs in PyTorch afterwards
-(deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's bytes, ~9 % for
-HC n = 4 in bf16 with ``BT = 32``. All other parameter gradients follow from that sum and
-from per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorch.
+Bytes per token (``s`` bytes per element): forward reads ``k f s`` (to ``2 k f s`` without L2
+reuse) and writes ``p f s`` (the branch input) plus ``k (2 (p + k + 1) + 2)`` float32 weights
+and statistics. The backward reads ``H``, ``dout`` and the post+res step's ``dH`` and writes
+``dH``: ``(3 k + p) f s``, plus a second read of ``H`` and ``dout`` (its second pass, after the
+per-token weight gradients are known) that L2 serves only in part: a program's ``BT = 64``
+tokens are 2 MiB at n = 4, d = 4096, bf16. Per program, one float32 partial sum
+``(p + k + 1, f)`` for the projection's gradient is written and reduced over programs in
+PyTorch afterwards (deterministic, no atomics): ``4 (p + k + 1) / (BT k s)`` of the state's
+bytes, 4.7 % for HC n = 4 in bf16. All other parameter gradients follow from that sum and from
+per-token gradients of the ``k (p + k + 1)`` coefficients, summed in PyTorch.
 
-Layout: ``H`` flattened to ``(T, k, f)`` contiguous; one program per ``BT`` tokens looping
-over ``f`` in blocks of ``BD``; tiles ``(BT, k, BD)`` with ``k`` padded to a power of two.
-The projection and its two gradients are ``tl.dot`` s of the ``(BT k, BD)`` rows with the
-``(BD, p + k + 1)`` block of ``W`` (float32 "ieee" precision, coefficients padded to 16). On a
-GPU the forward takes ``BT = 16 / k`` tokens (``tl.dot`` needs 16 rows) and the backward
-``BT = 32`` (which sets the size of the partial sums); ``BD`` and the warps are autotuned.
-In the interpreter the blocks are large (each program runs in Python). Math in float32
-(float64 for float64 inputs); the read-out and ``dH`` in the dtype of ``H``.
+Layout: ``H`` flattened to ``(T, k, f)`` contiguous, ``k`` padded to a power of two ``KP``. The
+forward runs one program per ``BT = 16 / KP`` tokens (16 rows, what ``tl.dot`` needs), looping
+over ``f`` in blocks of ``BD``: tiles ``(BT, KP, BD)``. The backward runs one program per
+``BT = 64`` tokens (which sets the number of partial sums) and walks them in sub-blocks of
+``ROWS = 16`` or ``32`` rows: pass 1 over ``f`` per sub-block, then pass 2 per block of ``BD``
+features over the sub-blocks, so that the projection's gradient for those features sums over
+all 64 tokens in registers while every tile stays ``(ROWS / KP, KP, BD)``. The projection and
+its two gradients are ``tl.dot`` s of the ``(rows, BD)`` tiles with the ``(BD, p + k + 1)``
+block of ``W``, coefficients padded to 16, on tensor cores in 3xTF32 (float32 accuracy); the
+interpreter and float64 compute them in IEEE arithmetic. ``BD``, ``ROWS`` and the warps are
+autotuned among configs that compile without register spills on sm_80 and sm_90 for
+``k <= 8`` (``benchmarks/kernel_resources.py``); in the interpreter the blocks are large (each
+program runs in Python). Math in float32 (float64 for float64 inputs); the read-out and ``dH``
+in the dtype of ``H``.
 
 Layers: ``_readout_fwd`` / ``_readout_bwd`` (kernels) -> :func:`readout_forward` /
 :func:`readout_backward` (launchers) -> :class:`ReadOut` (``torch.autograd.Function``) ->
@@ -111,6 +118,7 @@ def _readout_fwd(
     AFFINE_W: tl.constexpr,
     TANH: tl.constexpr,
     ACC: tl.constexpr,
+    PREC: tl.constexpr,
     BT: tl.constexpr,
     BD: tl.constexpr,
 ):
@@ -146,7 +154,7 @@ def _readout_fwd(
                 h = h * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
             w_ok = d_ok[:, None] & c_ok[None, :]
             w = tl.load(W + d[:, None] * NC + c[None, :], mask=w_ok, other=0.0).to(ACC)
-            u += tl.dot(tl.reshape(h, (BT * KP, BD)), w, input_precision="ieee")  # (BT KP, NCP)
+            u += tl.dot(tl.reshape(h, (BT * KP, BD)), w, input_precision=PREC)  # (BT KP, NCP)
         u = tl.reshape(u, (BT, KP, NCP))
         gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
         bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
@@ -173,7 +181,7 @@ def _readout_fwd(
     # the read-out weights, coef[:, :, :P]  (BT, KP, PP)
     is_pre = c[None, None, None, :] == j[None, None, :, None]  # column c is read-out j
     pre = tl.sum(tl.where(is_pre, coef[:, :, None, :], 0.0), axis=3)  # (BT, KP, PP)
-    # pass 2: out_j = sum_i coef_i[j] H_i (the same token's H again: from L2 on a GPU)
+    # pass 2: out_j = sum_i coef_i[j] H_i (the same tokens' H again: from L2 if still there)
     for d0 in range(0, F, BD):
         d = d0 + tl.arange(0, BD)
         d_ok = d < F
@@ -206,6 +214,7 @@ def _readout_bwd(
     GH,  # (T, K, F) out, dtype of H
     GCOEF,  # (T, K, NC) out: gradient of the weights, read-out included
     GZ,  # (T, K, NC) out: gradient of the projections                    (DYNAMIC)
+    GC,  # (T, 2, K) out: the norm's two row constants c1, c2             (DYNAMIC)
     SPART,  # (programs, NC, F) out: sum over the program's rows of xhat g_z (DYNAMIC)
     T,
     F,
@@ -222,114 +231,182 @@ def _readout_bwd(
     HAS_GHP: tl.constexpr,
     HAS_GIN: tl.constexpr,
     ACC: tl.constexpr,
+    PREC: tl.constexpr,
     BT: tl.constexpr,
+    ROWS: tl.constexpr,
     BD: tl.constexpr,
 ):
+    # one program per BT tokens, walked in sub-blocks of BS = ROWS / KP tokens: every tile is
+    # (BS, KP, BD) or (ROWS, NCP), whatever BT, while the partial sums stay one per BT tokens
+    BS: tl.constexpr = ROWS // KP
+    tl.static_assert(BT % BS == 0, "sub-blocks must tile the program's tokens")
     pid = tl.program_id(0).to(tl.int64)
-    t = pid * BT + tl.arange(0, BT)  # (BT,) tokens
     i = tl.arange(0, KP)
     c = tl.arange(0, NCP)
-    t_ok, i_ok, c_ok = t < T, i < K, c < NC
-    ti_ok = t_ok[:, None] & i_ok[None, :]
-    tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]
+    i_ok, c_ok = i < K, c < NC
     ic = i[:, None] * NC + c[None, :]
-    tic = t[:, None, None] * (K * NC) + ic[None, :, :]
-    # pass 1: the read-out weights' gradient, d coef_i[j] = sum_d dout_j H_i (j < P); the
-    # loops over j keep every tile (BT, KP, BD), whatever P (FC has P = m)
-    if HAS_GIN:
-        g_coef = tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
-    else:
-        g_coef = tl.zeros((BT, KP, NCP), dtype=ACC)
-    for d0 in range(0, F, BD):
-        d = d0 + tl.arange(0, BD)
-        d_ok = d < F
-        td_ok = t_ok[:, None] & d_ok[None, :]
-        tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
-        rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
-        h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BT, KP, BD)
-        for jj in tl.static_range(P):
-            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
-            col = tl.sum(h * go.to(ACC)[:, None, :], axis=2)  # (BT, KP)
-            g_coef += tl.where(c[None, None, :] == jj, col[:, :, None], 0.0)
-    tl.store(GCOEF + tic, g_coef, mask=tic_ok)
-    if DYNAMIC:
-        z = tl.load(Z + tic, mask=tic_ok, other=0.0).to(ACC)
-        scale = tl.load(SCALE + c, mask=c_ok, other=0.0).to(ACC)
-        g_z = g_coef * scale[None, None, :]
-        if TANH:
-            a = _tanh(z)
-            g_z = g_z * (1.0 - a * a)
-        tl.store(GZ + tic, g_z, mask=tic_ok)
-        mean = tl.load(MEAN + t[:, None] * K + i[None, :], mask=ti_ok, other=0.0).to(ACC)
-        rstd = tl.load(RSTD + t[:, None] * K + i[None, :], mask=ti_ok, other=0.0).to(ACC)
-        gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
-        bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
-        # the norm's backward needs mean_d(dxhat) and mean_d(dxhat xhat), both closed forms:
-        # dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and g_z . (z - bias @ W)
-        c1 = tl.sum(g_z * gw[None, None, :], axis=2) / F  # (BT, KP)
-        c2 = tl.sum(g_z * (z - bw[None, None, :]), axis=2) / F
-        g_z2 = tl.reshape(g_z, (BT * KP, NCP))
-    # pass 2: dH_i = sum_j coef_i[j] dout_j + dH_i(post+res) + the norm's backward
-    for d0 in range(0, F, BD):
-        d = d0 + tl.arange(0, BD)
-        d_ok = d < F
-        td_ok = t_ok[:, None] & d_ok[None, :]
-        tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
-        rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
-        if HAS_GHP:
-            g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
+    # pass 1, per sub-block: the weights' gradient, d coef_i[j] = sum_d dout_j H_i (j < P),
+    # then (dynamic) the projections' gradient and the norm's row constants; the loops over j
+    # keep every tile (BS, KP, BD), whatever P (FC has P = m)
+    for s0 in range(0, BT, BS):
+        t = pid * BT + s0 + tl.arange(0, BS)  # (BS,) tokens
+        t_ok = t < T
+        ti_ok = t_ok[:, None] & i_ok[None, :]
+        tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]
+        tic = t[:, None, None] * (K * NC) + ic[None, :, :]
+        if HAS_GIN:
+            g_coef = tl.load(GIN + tic, mask=tic_ok, other=0.0).to(ACC)
         else:
-            g_h = tl.zeros((BT, KP, BD), dtype=ACC)
-        for jj in tl.static_range(P):  # sum_j coef_i[j] dout_j
-            go = tl.load(GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0)
-            if DYNAMIC:
-                coef_j = COEF + t[:, None] * (K * NC) + i[None, :] * NC + jj
-                p_j = tl.load(coef_j, mask=ti_ok, other=0.0)  # (BT, KP)
-            else:
-                p_j = tl.load(STATIC + i * NC + jj, mask=i_ok, other=0.0)[None, :]  # (1, KP)
-            g_h += p_j.to(ACC)[:, :, None] * go.to(ACC)[:, None, :]
+            g_coef = tl.zeros((BS, KP, NCP), dtype=ACC)
+        for d0 in range(0, F, BD):
+            d = d0 + tl.arange(0, BD)
+            d_ok = d < F
+            td_ok = t_ok[:, None] & d_ok[None, :]
+            tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+            rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+            h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)  # (BS, KP, BD)
+            for jj in range(P):  # a loop, not unrolled: FC has P = m columns
+                go = tl.load(
+                    GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0
+                )
+                col = tl.sum(h * go.to(ACC)[:, None, :], axis=2)  # (BS, KP)
+                g_coef += tl.where(c[None, None, :] == jj, col[:, :, None], 0.0)
+        tl.store(GCOEF + tic, g_coef, mask=tic_ok)
         if DYNAMIC:
-            h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)
-            if LAYER:
-                xhat = (h - mean[:, :, None]) * rstd[:, :, None]
-            else:
-                xhat = h * rstd[:, :, None]
-            xhat = tl.where(tid_ok, xhat, 0.0)
+            z = tl.load(Z + tic, mask=tic_ok, other=0.0).to(ACC)
+            scale = tl.load(SCALE + c, mask=c_ok, other=0.0).to(ACC)
+            g_z = g_coef * scale[None, None, :]
+            if TANH:
+                a = _tanh(z)
+                g_z = g_z * (1.0 - a * a)
+            tl.store(GZ + tic, g_z, mask=tic_ok)
+            gw = tl.load(GW + c, mask=c_ok, other=0.0).to(ACC)
+            bw = tl.load(BW + c, mask=c_ok, other=0.0).to(ACC)
+            # the norm's backward needs mean_d(dxhat) and mean_d(dxhat xhat), both closed
+            # forms: dxhat = gamma (W g_z), so the sums are g_z . (gamma @ W) and
+            # g_z . (z - bias @ W)
+            c1 = tl.sum(g_z * gw[None, None, :], axis=2) / F  # (BS, KP)
+            c2 = tl.sum(g_z * (z - bw[None, None, :]), axis=2) / F
+            tc = t[:, None] * (2 * K) + i[None, :]
+            tl.store(GC + tc, c1, mask=ti_ok)
+            tl.store(GC + tc + K, c2, mask=ti_ok)
+    if DYNAMIC:
+        tl.debug_barrier()  # GZ and GC are read back below, by other threads of this program
+    # pass 2, per block of BD features, per sub-block: dH_i = sum_j coef_i[j] dout_j
+    # + dH_i(post+res) + the norm's backward; the projection's gradient sum_t xhat g_z for the
+    # block's features is accumulated over the program's tokens in registers
+    for d0 in range(0, F, BD):
+        d = d0 + tl.arange(0, BD)
+        d_ok = d < F
+        if DYNAMIC:
             w_ok = c_ok[:, None] & d_ok[None, :]
             w_t = tl.load(W + d[None, :] * NC + c[:, None], mask=w_ok, other=0.0).to(ACC)
-            g_hn = tl.dot(g_z2, w_t, input_precision="ieee")  # W g_z  (BT KP, BD)
-            g_hn = tl.reshape(g_hn, (BT, KP, BD))
-            xhat2 = tl.reshape(xhat, (BT * KP, BD))
-            s_c = tl.dot(tl.trans(g_z2), xhat2, input_precision="ieee")  # (NCP, BD)
-            tl.store(SPART + pid * (NC * F) + c[:, None] * F + d[None, :], s_c, mask=w_ok)
+            s_c = tl.zeros((NCP, BD), dtype=ACC)
             if AFFINE_W:
-                g_hn = g_hn * tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)[None, None, :]
-            if LAYER:
-                g_h += rstd[:, :, None] * (g_hn - c1[:, :, None] - xhat * c2[:, :, None])
+                gamma = tl.load(GAMMA + d, mask=d_ok, other=0.0).to(ACC)
+        for s0 in range(0, BT, BS):
+            t = pid * BT + s0 + tl.arange(0, BS)
+            t_ok = t < T
+            ti_ok = t_ok[:, None] & i_ok[None, :]
+            td_ok = t_ok[:, None] & d_ok[None, :]
+            tid_ok = ti_ok[:, :, None] & d_ok[None, None, :]
+            rows = t[:, None, None] * (K * F) + i[None, :, None] * F + d[None, None, :]
+            if HAS_GHP:
+                g_h = tl.load(GHP + rows, mask=tid_ok, other=0.0).to(ACC)
             else:
-                g_h += rstd[:, :, None] * (g_hn - xhat * c2[:, :, None])
-        tl.store(GH + rows, cast_rtne(g_h, GH.dtype.element_ty), mask=tid_ok)
+                g_h = tl.zeros((BS, KP, BD), dtype=ACC)
+            for jj in range(P):  # sum_j coef_i[j] dout_j, a loop (not unrolled)
+                go = tl.load(
+                    GOUT + t[:, None] * (P * F) + jj * F + d[None, :], mask=td_ok, other=0.0
+                )
+                if DYNAMIC:
+                    coef_j = COEF + t[:, None] * (K * NC) + i[None, :] * NC + jj
+                    p_j = tl.load(coef_j, mask=ti_ok, other=0.0)  # (BS, KP)
+                else:
+                    p_j = tl.load(STATIC + i * NC + jj, mask=i_ok, other=0.0)[None, :]  # (1, KP)
+                g_h += p_j.to(ACC)[:, :, None] * go.to(ACC)[:, None, :]
+            if DYNAMIC:
+                tk = t[:, None] * K + i[None, :]
+                mean = tl.load(MEAN + tk, mask=ti_ok, other=0.0).to(ACC)
+                rstd = tl.load(RSTD + tk, mask=ti_ok, other=0.0).to(ACC)
+                tc = t[:, None] * (2 * K) + i[None, :]
+                c1 = tl.load(GC + tc, mask=ti_ok, other=0.0)
+                c2 = tl.load(GC + tc + K, mask=ti_ok, other=0.0)
+                tic = t[:, None, None] * (K * NC) + ic[None, :, :]
+                tic_ok = ti_ok[:, :, None] & c_ok[None, None, :]
+                g_z2 = tl.reshape(tl.load(GZ + tic, mask=tic_ok, other=0.0), (ROWS, NCP))
+                h = tl.load(H + rows, mask=tid_ok, other=0.0).to(ACC)
+                if LAYER:
+                    xhat = (h - mean[:, :, None]) * rstd[:, :, None]
+                else:
+                    xhat = h * rstd[:, :, None]
+                xhat = tl.where(tid_ok, xhat, 0.0)
+                g_hn = tl.dot(g_z2, w_t, input_precision=PREC)  # W g_z  (ROWS, BD)
+                g_hn = tl.reshape(g_hn, (BS, KP, BD))
+                xhat2 = tl.reshape(xhat, (ROWS, BD))
+                s_c += tl.dot(tl.trans(g_z2), xhat2, input_precision=PREC)  # (NCP, BD)
+                if AFFINE_W:
+                    g_hn = g_hn * gamma[None, None, :]
+                if LAYER:
+                    g_h += rstd[:, :, None] * (g_hn - c1[:, :, None] - xhat * c2[:, :, None])
+                else:
+                    g_h += rstd[:, :, None] * (g_hn - xhat * c2[:, :, None])
+            tl.store(GH + rows, cast_rtne(g_h, GH.dtype.element_ty), mask=tid_ok)
+        if DYNAMIC:
+            tl.store(SPART + pid * (NC * F) + c[:, None] * F + d[None, :], s_c, mask=w_ok)
 
 
-# BT is set by the launcher: BT k >= 16 rows for tl.dot in the forward; in the backward BT
-# also sizes the buffer of partial sums.
+# BT is set by the launcher: BT k = 16 rows for tl.dot in the forward; in the backward BT
+# sizes the buffer of partial sums, and ROWS = BS k rows of BS tokens make one sub-block.
+# The configs the rules below keep compile without register spills for k <= 8 on sm_80 and
+# sm_90, in bf16 and float32 (checked by benchmarks/kernel_resources.py).
+def _prune_forward(configs, named_args, **meta):
+    """Dynamic weights: feature blocks of at most 64 (at 128, pass 1's tile and its ``tl.dot``
+    spill registers); static read-outs keep every config."""
+    if meta.get("DYNAMIC", True):
+        return [c for c in configs if c.kwargs["BD"] <= 64] or configs[:1]
+    return configs
+
+
+def _prune_backward(configs, named_args, **meta):
+    """Keep sub-blocks of at least one token and at most the program's ``BT`` tokens; for 8
+    read-out columns or more (FC at m = 8) with a float32 state, feature blocks of at most 32
+    (ptxas spills a few bytes at 64)."""
+    KP, BT, P = meta.get("KP", 1), meta.get("BT", GPU_BACKWARD_TOKENS), meta.get("P", 1)
+    size = named_args["H"].element_size() if "H" in named_args else 2
+    kept = [c for c in configs if KP <= c.kwargs["ROWS"] <= KP * BT]
+    if P >= 8 and size >= 4:
+        kept = [c for c in kept if c.kwargs["BD"] * c.kwargs["ROWS"] <= 512 * c.num_warps // 4]
+    return kept or configs[:1]
+
+
 _readout_fwd_tuned = triton.autotune(
-    configs=[
-        triton.Config({"BD": bd}, num_warps=w)
-        for bd, w in [(32, 4), (64, 4), (128, 4), (128, 8), (256, 8)]
-    ],
+    configs=[triton.Config({"BD": bd}, num_warps=w) for bd, w in [(32, 4), (64, 8), (128, 8)]],
     key=["F", "K", "P", "DYNAMIC"],
+    prune_configs_by={"early_config_prune": _prune_forward},
 )(_readout_fwd)
 _readout_bwd_tuned = triton.autotune(
     configs=[
-        triton.Config({"BD": bd}, num_warps=w)
-        for bd, w in [(16, 4), (32, 4), (32, 8), (64, 8), (128, 8)]
+        triton.Config({"ROWS": rows, "BD": bd}, num_warps=w)
+        for rows, bd, w in [(16, 32, 4), (16, 64, 4), (32, 64, 8)]
     ],
-    key=["F", "K", "P", "BT", "DYNAMIC"],
+    key=["F", "K", "P", "DYNAMIC"],
+    prune_configs_by={"early_config_prune": _prune_backward},
 )(_readout_bwd)
 
 #: tokens per program of the backward on a GPU: more tokens, fewer partial sums to write
-GPU_BACKWARD_TOKENS = 32
+#: (``4 (p + k + 1) / (BT k s)`` of the state's bytes: 4.7 % for HC n = 4 in bf16)
+GPU_BACKWARD_TOKENS = 64
+
+
+def gpu_forward_meta(K: int, F: int) -> dict:
+    """The forward's launcher-set constexprs on a GPU (``BT``: ``tl.dot`` needs 16 rows)."""
+    return {"BT": max(1, 16 // triton.next_power_of_2(K))}
+
+
+def gpu_backward_meta(K: int, F: int) -> dict:
+    """The backward's launcher-set constexprs on a GPU (``ROWS`` and ``BD`` are tuned)."""
+    return {"BT": GPU_BACKWARD_TOKENS}
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -346,6 +423,12 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _precision(acc: torch.dtype, gpu: bool) -> str:
+    """``tl.dot``'s precision: 3xTF32 on a GPU's tensor cores (float32 accuracy: the products'
+    error is about 2^-22 relative), plain IEEE products in float64 and in the interpreter."""
+    return "tf32x3" if gpu and acc != torch.float64 else "ieee"
+
+
 def _cpu_block_d(F: int) -> int:
     return min(triton.next_power_of_2(F), 128)
 
@@ -355,7 +438,9 @@ def _cpu_block_t(T: int, KP: int, BD: int) -> int:
     return max(1, min(triton.next_power_of_2(T), 16384 // (KP * BD)))
 
 
-def _meta(K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, acc) -> dict:
+def _meta(
+    K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, acc, gpu: bool
+) -> dict:
     P = cfg.P
     return dict(
         K=K,
@@ -369,6 +454,7 @@ def _meta(K: int, NC: int, cfg: ReadOutConfig, dynamic: bool, affine_w: bool, ac
         AFFINE_W=affine_w,
         TANH=cfg.tanh,
         ACC=_acc(acc),
+        PREC=_precision(acc, gpu),
     )
 
 
@@ -409,14 +495,14 @@ def readout_forward(H, static, W, gamma, bias, scale, cfg: ReadOutConfig):
         gw, bw = _norm_folds(W, gamma, bias)
     if T == 0:
         return out, coef, z, mean, rstd
-    meta = _meta(K, NC, cfg, dynamic, gamma is not None, static.dtype)
+    meta = _meta(K, NC, cfg, dynamic, gamma is not None, static.dtype, H.is_cuda)
     dummy = static
     args = (H, static, W if dynamic else dummy, dummy if gamma is None else gamma)
     args += (gw, bw, scale) if dynamic else (dummy, dummy, dummy)
     args += (out,) + ((coef, z, mean, rstd) if dynamic else (dummy,) * 4)
     args += (T, F, cfg.eps)
     BD = _cpu_block_d(F)
-    BT = max(1, 16 // meta["KP"]) if H.is_cuda else _cpu_block_t(T, meta["KP"], BD)
+    BT = gpu_forward_meta(K, F)["BT"] if H.is_cuda else _cpu_block_t(T, meta["KP"], BD)
     launch(
         _readout_fwd,
         _readout_fwd_tuned,
@@ -463,28 +549,31 @@ def readout_backward(g_out, g_hp, g_coef, saved, cfg: ReadOutConfig):
         return g_H, g_static, zero(W), g_gamma, None if bias is None else zero(bias), zero(scale)
     on_gpu = H.is_cuda
     BD = _cpu_block_d(F)
-    meta = _meta(K, NC, cfg, dynamic, gamma is not None, acc)
-    BT = GPU_BACKWARD_TOKENS if on_gpu else _cpu_block_t(T, meta["KP"], BD)
+    meta = _meta(K, NC, cfg, dynamic, gamma is not None, acc, on_gpu)
+    BT = gpu_backward_meta(K, F)["BT"] if on_gpu else _cpu_block_t(T, meta["KP"], BD)
+    # the interpreter walks each program's tokens in 4 sub-blocks, as a GPU walks its 64
+    cpu_meta = {"BD": BD, "ROWS": meta["KP"] * max(1, BT // 4)}
     programs = triton.cdiv(T, BT)
     dummy = static
     if dynamic:
         g_z = torch.empty((T, K, NC), dtype=acc, device=H.device)
+        g_c = torch.empty((T, 2, K), dtype=acc, device=H.device)
         s_part = torch.empty((programs, NC, F), dtype=acc, device=H.device)
         gw, bw = _norm_folds(W, gamma, bias)
     args = (g_out, dummy if g_hp is None else g_hp.contiguous())
     args += (dummy if g_coef is None else g_coef.contiguous(), H, static)
     if dynamic:
         args += (coef, z, mean, rstd, W, dummy if gamma is None else gamma, gw, bw, scale)
-        args += (g_H, g_coef_all, g_z, s_part, T, F)
+        args += (g_H, g_coef_all, g_z, g_c, s_part, T, F)
     else:
-        args += (dummy,) * 9 + (g_H, g_coef_all, dummy, dummy, T, F)
+        args += (dummy,) * 9 + (g_H, g_coef_all, dummy, dummy, dummy, T, F)
     launch(
         _readout_bwd,
         _readout_bwd_tuned,
         lambda m: (programs,),
         args,
         on_gpu,
-        {"BD": BD},
+        cpu_meta,
         BT=BT,
         HAS_GHP=g_hp is not None,
         HAS_GIN=g_coef is not None,

@@ -22,19 +22,23 @@ through ``post_res`` (see below)::
 Kernels and passes (``s`` bytes per state element, 2 for bf16; small per-token vectors of
 ``O(n^2)`` floats left out):
 
-* forward, one program per ``BT`` tokens: pass 1 reads the token block's ``x`` once for both
-  ``p`` (``tl.dot`` against ``phi``, its ``K`` padded to ``KP >= 16``) and ``sum x^2``; the
-  epilogue computes the coefficients (Sinkhorn in registers), then pass 2 reads ``H`` again for
-  ``h0`` (it needs ``pre`` first). The second read is of the same ``BT n d s`` bytes a moment
-  later and can be served by L2, so the forward moves ``n d s`` (floor) to ``2 n d s`` (no L2
-  reuse) bytes from memory per token and writes ``d s`` for ``h0``.
+* forward, one program per ``BT = 64`` tokens: pass 1 reads the token block's ``x`` once for
+  both ``p`` (``tl.dot`` against ``phi``, zero-padded to ``KP >= 16`` columns, in ``(BC, KP)``
+  tiles of whole rows: every row of ``phi`` serves 64 tokens) and ``sum x^2``; the epilogue
+  computes the coefficients (Sinkhorn in registers), then pass 2 reads ``H`` again for ``h0``
+  (it needs ``pre`` first). The second read is of the same ``BT n d s`` bytes (2 MiB at n = 4,
+  d = 4096, bf16) a moment later; with a hundred or more such programs resident the working set
+  exceeds an H100's 50 MB L2, so count it as a second read from memory: the forward moves
+  ``n d s`` (floor, full L2 reuse) to ``2 n d s`` bytes per token and writes ``d s`` for ``h0``.
 * backward, kernel 1, one program per ``BT`` tokens: reads ``H`` and ``dh0`` for ``dpre``,
   then the coefficient gradients in registers (Sinkhorn's backward recomputes the rounds; no
   iterate is stored); writes ``r dz`` and a few scalars per token: ``n d s + d s`` bytes.
-* backward, kernel 2, one program per ``(n x BD features, token split)``: reads ``H``,
-  ``dH_pass`` and ``dh0``, writes ``dH`` (``3 n d s + d s`` bytes per token), and accumulates
-  ``dphi`` for its rows of ``phi`` across its tokens with ``tl.dot`` (per-split partial sums,
-  added in PyTorch: deterministic, no atomics).
+* backward, kernel 2, one program per ``(BD features of one stream, token split)``: reads ``H``,
+  ``dH_pass`` and ``dh0``, writes ``dH`` (``3 n d s + d s`` bytes per token when the ``n``
+  programs of the same features, which are neighbours in the grid, share ``dh0`` through L2),
+  and accumulates ``dphi`` for its ``BD`` rows of ``phi`` across its tokens with ``tl.dot``
+  (per-split partial sums, added in PyTorch: deterministic, no atomics). Rows are read in
+  segments of ``BD s >= 128`` bytes (``BD >= 64`` in bf16).
 
 Against the floor of :mod:`hclib.traffic` (per token, in elements: ``pre`` reads ``n d`` and
 writes ``d``; its backward reads ``dh0``, ``H`` and the partial ``dH``, ``(2n + 1) d``, and
@@ -51,10 +55,12 @@ writes ``dH``.
 
 Layout: ``H`` ``(T, n, d)`` contiguous, read as ``(T, n d)`` in pass 1 (coalesced chunks of
 ``BC`` columns) and as one ``(BT, BD)`` tile per stream in pass 2; ``phi`` ``(n d, K)``
-row-major; the saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32
+row-major (the forward reads a copy padded to ``(n d, KP)``; ``K`` and ``KP`` are
+constexprs); the saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32
 (float64 when the module or the input is float64). Matmuls accumulate in float32: on a GPU a
 bf16 state meets ``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa
-bits), a float32 state uses 3xTF32; the interpreter computes every ``tl.dot`` in float32 (or
+bits; the halves are cached with the weight and remade only when its version changes), a
+float32 state uses 3xTF32; the interpreter computes every ``tl.dot`` in float32 (or
 float64). Block sizes are autotuned on a GPU (not in float64) and fixed in the interpreter.
 
 Layers: ``_manifold_pre_*`` kernels -> :func:`manifold_pre_forward` /
@@ -68,6 +74,7 @@ notebooks/07_memory_traffic_and_fused_kernels (the kernel).
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import triton
@@ -83,7 +90,13 @@ from hclib.kernels.sinkhorn import (
     sinkhorn_tile_log,
 )
 
-__all__ = ["ManifoldPre", "manifold_pre", "manifold_pre_backward", "manifold_pre_forward"]
+__all__ = [
+    "ManifoldPre",
+    "clear_phi_cache",
+    "manifold_pre",
+    "manifold_pre_backward",
+    "manifold_pre_forward",
+]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -105,7 +118,7 @@ def _store_value(x, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _logits(Z, BIAS, ALPHA, t, t_ok, K, N: tl.constexpr, NP: tl.constexpr):
+def _logits(Z, BIAS, ALPHA, t, t_ok, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr):
     """The token block's ``z`` pieces and logits ``l = alpha z + b``: pre and post ``(BT, NP)``,
     res ``(BT, NP, NP)``; padding (streams ``>= n``, tokens ``>= T``) reads ``z = 0``."""
     i = tl.arange(0, NP)
@@ -132,8 +145,8 @@ def _logits(Z, BIAS, ALPHA, t, t_ok, K, N: tl.constexpr, NP: tl.constexpr):
 @triton.jit
 def _manifold_pre_fwd(
     H,  # (T, N, D) state
-    PHI,  # (N D, K) ACC, or its bf16 high half with SPLIT
-    PHI_LO,  # (N D, K) bf16 low half with SPLIT (else unused)
+    PHI,  # (N D, KP) ACC, zero-padded, or its bf16 high half with SPLIT
+    PHI_LO,  # (N D, KP) bf16 low half with SPLIT (else unused)
     BIAS,  # (K,) ACC
     ALPHA,  # (3,) ACC: alpha_pre, alpha_post, alpha_res
     H0,  # (T, D) out, dtype of H
@@ -144,7 +157,7 @@ def _manifold_pre_fwd(
     FLAG,  # (1,) int32 out: 1 if Sinkhorn underflowed for some token
     T,
     D,
-    K,
+    K: tl.constexpr,
     eps,
     iters,
     N: tl.constexpr,
@@ -173,8 +186,8 @@ def _manifold_pre_fwd(
         x = tl.load(H + t[:, None] * ND + c[None, :], mask=t_ok[:, None] & c_ok[None, :], other=0.0)
         xa = x.to(ACC)  # (BT, BC)
         ssq += tl.sum(xa * xa, axis=1)
-        rows = c[:, None] * K + k[None, :]  # (BC, KP) rows of phi
-        rows_ok = c_ok[:, None] & k_ok[None, :]
+        rows = c[:, None] * KP + k[None, :]  # (BC, KP) rows of phi, padded to KP columns
+        rows_ok = c_ok[:, None]
         if SPLIT:  # bf16 x against phi = hi + lo, both bf16, float32 accumulation
             acc = tl.dot(x, tl.load(PHI + rows, mask=rows_ok, other=0.0), acc)
             acc = tl.dot(x, tl.load(PHI_LO + rows, mask=rows_ok, other=0.0), acc)
@@ -222,7 +235,17 @@ def _manifold_pre_fwd(
 
 @triton.jit
 def _manifold_pre_redo(
-    Z, BIAS, ALPHA, RES, FLAG, T, K, iters, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr
+    Z,
+    BIAS,
+    ALPHA,
+    RES,
+    FLAG,
+    T,
+    K: tl.constexpr,
+    iters,
+    N: tl.constexpr,
+    NP: tl.constexpr,
+    BT: tl.constexpr,
 ):
     """If the forward raised the flag, recompute ``res`` of every token in log space."""
     if tl.load(FLAG) > 0:
@@ -255,7 +278,7 @@ def _manifold_pre_bwd_coef(
     PART,  # (programs, K + 3) out: this block's sums of dl (= db) and of <dl, z> per segment
     T,
     D,
-    K,
+    K: tl.constexpr,
     iters,
     segment,  # Sinkhorn backward's checkpoint segment
     N: tl.constexpr,
@@ -335,7 +358,7 @@ def _manifold_pre_bwd_state(
     G_PHI,  # (splits, N D, K) out, ACC: per-split partial sums
     T,
     D,
-    K,
+    K: tl.constexpr,
     per_split,  # tokens per split
     N: tl.constexpr,
     NP: tl.constexpr,
@@ -349,32 +372,32 @@ def _manifold_pre_bwd_state(
     BD: tl.constexpr,
 ):
     ND = N * D
-    # this program's columns of vec(H): BD features of every stream, NP * BD in all
-    col = tl.arange(0, NP * BD)
-    stream = col // BD
-    feat = tl.program_id(0) * BD + col % BD
-    col_ok = (stream < N) & (feat < D)
-    hcol = stream * D + feat  # (NP BD,) column in vec(H), row of phi
+    # this program's columns of vec(H): BD features of one stream (the streams of the same
+    # features are neighbouring programs, so they share dh0 through L2)
+    s = tl.program_id(0) % N
+    feat = (tl.program_id(0) // N) * BD + tl.arange(0, BD)  # (BD,)
+    col_ok = feat < D
+    hcol = s * D + feat  # (BD,) columns of vec(H), rows of phi
     k = tl.arange(0, KP)
     k_ok = k < K
     phi_t = tl.load(
         PHI + hcol[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0
-    )  # (KP, NP BD): phi^T restricted to these rows
-    g_phi = tl.zeros((NP * BD, KP), dtype=ACC)
+    )  # (KP, BD): phi^T restricted to these rows
+    g_phi = tl.zeros((BD, KP), dtype=ACC)
     t_begin = tl.program_id(1) * per_split
     t_end = tl.minimum(t_begin + per_split, T)
     for t0 in range(t_begin, t_end, BT):
         t = (t0 + tl.arange(0, BT)).to(tl.int64)
         t_ok = t < t_end
-        m = t_ok[:, None] & col_ok[None, :]  # (BT, NP BD)
+        m = t_ok[:, None] & col_ok[None, :]  # (BT, BD)
         x = tl.load(H + t[:, None] * ND + hcol[None, :], mask=m, other=0.0)
         dzs = tl.load(DZS + t[:, None] * KP + k[None, :], mask=t_ok[:, None], other=0.0)
-        pre = tl.load(PRE + t[:, None] * N + stream[None, :], mask=m, other=0.0)
-        gh = tl.load(G_H0 + t[:, None] * D + feat[None, :], mask=m, other=0.0)  # from cache
+        pre = tl.load(PRE + t * N + s, mask=t_ok, other=0.0)  # (BT,)
+        gh = tl.load(G_H0 + t[:, None] * D + feat[None, :], mask=m, other=0.0)
         cx = tl.load(CX + t, mask=t_ok, other=0.0)
         xa = x.to(ACC)
-        g = pre * gh.to(ACC) + cx[:, None] * xa
-        g += tl.dot(dzs, phi_t, input_precision=PREC)  # (r dz) phi^T  (BT, NP BD)
+        g = pre[:, None] * gh.to(ACC) + cx[:, None] * xa
+        g += tl.dot(dzs, phi_t, input_precision=PREC)  # (r dz) phi^T  (BT, BD)
         if HAS_PASS:
             g += tl.load(G_PASS + t[:, None] * ND + hcol[None, :], mask=m, other=0.0).to(ACC)
         g = _store_value(g, ROUND).to(G_H.dtype.element_ty)
@@ -418,59 +441,137 @@ def _round_in_kernel(H: torch.Tensor) -> bool:
     return not H.is_cuda and H.dtype == torch.bfloat16
 
 
+#: id(phi) -> (weak reference to phi, its version, its address, (hi, lo)): the forward's
+#: operands of each weight, remade only when the weight changes (an optimizer step bumps its
+#: version) or is another tensor
+_PHI_OPERANDS: dict[int, tuple] = {}
+
+
+def _phi_operands(phi: torch.Tensor, KP: int, split: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``phi`` as the forward's ``tl.dot`` reads it: zero-padded to ``KP`` columns (aligned rows,
+    no column mask), and with ``split`` as two bfloat16 halves ``phi = hi + lo`` (about 16
+    mantissa bits); otherwise ``(padded, padded)``.
+
+    The split is cached with the weight: made once per version of ``phi`` (what an optimizer's
+    in-place step or ``load_state_dict`` bumps), not on every call. A change written through
+    ``phi.data`` does not bump the version and is not seen: change weights in place under
+    ``torch.no_grad()`` instead (or call :func:`clear_phi_cache`)."""
+    if not split:  # float32 / float64: a padded copy (cheap; nothing to split)
+        padded = torch.zeros((phi.shape[0], KP), dtype=phi.dtype, device=phi.device)
+        padded[:, : phi.shape[1]] = phi.detach()
+        return padded, padded
+    hit = _PHI_OPERANDS.get(id(phi))
+    if hit is not None:
+        ref, version, address, key, ops = hit
+        if ref() is phi and (version, address, key) == (phi._version, phi.data_ptr(), (KP, split)):
+            return ops
+    for k in [k for k, v in _PHI_OPERANDS.items() if v[0]() is None]:
+        del _PHI_OPERANDS[k]  # weights that are gone
+    with torch.no_grad():
+        padded = torch.zeros((phi.shape[0], KP), dtype=phi.dtype, device=phi.device)
+        padded[:, : phi.shape[1]] = phi
+        hi = padded.to(torch.bfloat16)
+        ops = (hi, (padded - hi.to(phi.dtype)).to(torch.bfloat16))
+    _PHI_OPERANDS[id(phi)] = (weakref.ref(phi), phi._version, phi.data_ptr(), (KP, split), ops)
+    return ops
+
+
+def clear_phi_cache() -> None:
+    """Forget the cached bfloat16 halves of every ``phi`` (see :func:`_phi_operands`)."""
+    _PHI_OPERANDS.clear()
+
+
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# The configs below compile for sm_90 without register spills (checked with ptxas' resource
-# usage, not yet timed on a GPU): the (BT, BD) tiles of a pass over every stream cost
-# registers for the values and 64-bit addresses of each stream's tile, so BD stays small.
+# Every config below that its rule keeps compiles without register spills on sm_80 and sm_90
+# for n <= 8 (checked by benchmarks/kernel_resources.py, which applies the same rules).
 def _fwd_configs():
+    # 64 tokens per program: phi is read once per 64 tokens' rows of H (a quarter of their
+    # bytes at n = 4 in bf16, from L2), in (BC, KP) tiles of whole aligned rows
     return [
         triton.Config({"BT": bt, "BC": bc, "BD": bd}, num_warps=w, num_stages=s)
         for bt, bc, bd, w, s in [
-            (16, 64, 32, 4, 3),
-            (16, 64, 64, 4, 3),
-            (16, 64, 128, 8, 3),
-            (16, 128, 128, 8, 3),
+            (64, 32, 64, 8, 3),
+            (64, 64, 64, 8, 3),
+            (64, 64, 128, 8, 2),
         ]
     ]
+
+
+def _prune_fwd(configs, named_args, **meta):
+    """At ``n = 8`` (``KP = 128``) with a float32 state, ``BC BD <= 2048``: the ``(64, KP)``
+    accumulator leaves no room for wider tiles."""
+    size = named_args["H"].element_size() if "H" in named_args else 2
+    if meta.get("KP", 16) >= 128 and size >= 4:
+        return [c for c in configs if c.kwargs["BC"] * c.kwargs["BD"] <= 2048] or configs[:1]
+    return configs
 
 
 def _coef_configs():
     return [
         triton.Config({"BT": bt, "BD": bd}, num_warps=w)
-        for bt, bd, w in [(4, 128, 4), (8, 64, 4), (8, 128, 4), (16, 64, 8), (16, 128, 8)]
+        for bt, bd, w in [(4, 128, 4), (8, 64, 4), (16, 128, 8)]
     ]
 
 
-def _state_configs(NP: int):
+def _prune_coef(configs, named_args, **meta):
+    """Sinkhorn's ``(BT, NP, NP)`` tiles of at most two values per thread
+    (``BT NP^2 <= 64 num_warps``): its backward keeps several of them live."""
+    NP = meta.get("NP", 2)
+    return [c for c in configs if c.kwargs["BT"] * NP * NP <= 64 * c.num_warps] or configs[:1]
+
+
+def _state_configs():
+    # BD features of one stream per program: 128 bytes or more per row segment (BD >= 64 in
+    # bf16, >= 32 in float32; _prune_state drops the narrower ones)
     return [
-        triton.Config({"BT": bt, "BD": max(1, cols // NP)}, num_warps=w, num_stages=s)
-        for bt, cols, w, s in [
+        triton.Config({"BT": bt, "BD": bd}, num_warps=w, num_stages=s)
+        for bt, bd, w, s in [
             (16, 32, 4, 3),
-            (16, 64, 4, 2),
-            (16, 64, 8, 2),
-            (16, 128, 8, 2),
-            (32, 128, 8, 3),
+            (16, 64, 8, 3),
+            (32, 64, 8, 3),
         ]
     ]
 
 
-_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=["D", "N", "SPLIT"])(_manifold_pre_fwd)
+def _prune_state(configs, named_args, **meta):
+    """Keep the configs whose rows of ``H`` are read in segments of at least 128 bytes, whose
+    ``(BT, BD)`` state tiles are at most 4 KiB, and at ``n = 8`` (``KP = 128``) whose ``(BT,
+    KP)`` tile of ``r dz`` has at most 2048 values."""
+    size = named_args["H"].element_size() if "H" in named_args else 2
+    KP = meta.get("KP", 16)
+
+    def ok(c):
+        BT, BD = c.kwargs["BT"], c.kwargs["BD"]
+        return BD * size >= 128 and BT * BD * size <= 4096 and (KP < 128 or BT * KP <= 2048)
+
+    return [c for c in configs if ok(c)] or configs[:1]
+
+
+_fwd_tuned = triton.autotune(
+    configs=_fwd_configs(),
+    key=["D", "N", "SPLIT"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
+)(_manifold_pre_fwd)
 _coef_tuned = triton.autotune(  # PART has one row per program: configs differ in their count
-    configs=_coef_configs(), key=["D", "N"], reset_to_zero=["PART"]
+    configs=_coef_configs(),
+    key=["D", "N"],
+    reset_to_zero=["PART"],
+    prune_configs_by={"early_config_prune": _prune_coef},
 )(_manifold_pre_bwd_coef)
-_state_tuned = {}  # NP -> autotuned kernel 2 (its BD depends on NP)
+_state_tuned = triton.autotune(
+    configs=_state_configs(),
+    key=["D", "N", "SPLIT", "HAS_PASS"],
+    prune_configs_by={"early_config_prune": _prune_state},
+)(_manifold_pre_bwd_state)
 
 
 def _state_kernel(NP: int):
-    if NP not in _state_tuned:
-        _state_tuned[NP] = triton.autotune(
-            configs=_state_configs(NP), key=["D", "N", "SPLIT", "HAS_PASS"]
-        )(_manifold_pre_bwd_state)
-    return _state_tuned[NP]
+    """The autotuned kernel 2 (the same for every ``NP``: its tiles are one stream's)."""
+    return _state_tuned
 
 
 def _cpu_tokens(T: int, most: int) -> int:
@@ -511,10 +612,7 @@ def manifold_pre_forward(
         return h0, post, res, z, rinv, flag
     NP, KP = padded_rate(n), _coef_width(n)
     split, prec = _precision(H, acc)
-    phi_hi = phi_lo = phi
-    if split:
-        phi_hi = phi.to(torch.bfloat16)
-        phi_lo = (phi - phi_hi.to(acc)).to(torch.bfloat16)
+    phi_hi, phi_lo = _phi_operands(phi, KP, split)
     args = (H, phi_hi, phi_lo, bias, alpha, h0, post, res, z, rinv, flag, T, d, K, eps, iters)
     cpu = {
         "BT": 16,
@@ -606,9 +704,9 @@ def manifold_pre_backward(
     )
     part = part.sum(0)
 
-    # kernel 2: per (features of every stream, token split)
+    # kernel 2: per (features of one stream, token split)
     if H.is_cuda:
-        columns = triton.cdiv(d, max(1, 128 // NP))
+        columns = n * triton.cdiv(d, 64)  # programs per split with 64-feature blocks
         splits = max(1, min(triton.cdiv(T, 128), (4 * _sm_count(dev.index or 0)) // columns))
     else:
         splits = 1
@@ -616,16 +714,13 @@ def manifold_pre_backward(
     g_phi = torch.empty((splits, n * d, K), dtype=acc, device=dev)
     has_pass = g_pass is not None
     g_pass = g_pass.contiguous() if has_pass else g_H  # unused without HAS_PASS
-    cpu2 = {
-        "BT": _cpu_tokens(T, 64),
-        "BD": max(16 // NP, min(triton.next_power_of_2(d), 256 // NP)),
-    }
+    cpu2 = {"BT": _cpu_tokens(T, 64), "BD": min(triton.next_power_of_2(d), 128)}
     if H.is_cuda:
-        cpu2 = {"BT": 16, "BD": max(1, 32 // NP)}
+        cpu2 = {"BT": 16, "BD": 32}
     launch(
         _manifold_pre_bwd_state,
         _state_kernel(NP),
-        lambda meta: (triton.cdiv(d, meta["BD"]), splits),
+        lambda meta: (n * triton.cdiv(d, meta["BD"]), splits),
         (H, g_h0, g_pass, pre, dzs, cx, phi, g_H, g_phi, T, d, K, per_split),
         _tuned(H, acc),
         cpu2,
