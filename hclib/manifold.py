@@ -194,8 +194,9 @@ class ManifoldHyperConnection(Connection):
             ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
             ``"triton"`` the fused kernels :func:`hclib.kernels.manifold_pre.manifold_pre`
             (norm, projection, sigmoid, Sinkhorn-Knopp and ``h0`` in one read-out) and
-            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` for CUDA
-            tensors when triton is installed and ``"torch"`` elsewhere.
+            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` on NVIDIA
+            GPUs of compute capability >= 9.0 for float32 and bfloat16 states, ``"torch"``
+            elsewhere (:func:`hclib.kernels.dispatch.auto_impl`).
 
     Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0`` as
     HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,
