@@ -12,6 +12,8 @@ to ``"triton"``:
 * :mod:`hclib.kernels.frac`: FC's split / mix / merge, the same two kernels on fractions;
 * :mod:`hclib.kernels.sinkhorn`: Sinkhorn-Knopp on its own (mHC Eq. 9), a registered
   ``torch.library`` op;
+* :mod:`hclib.kernels.ops`: the Functions as ``torch.library`` ops while ``torch.compile``
+  traces (a model compiled whole keeps one graph across its connections);
 * :mod:`hclib.kernels.dispatch`: :func:`resolve_impl`, which decides per call
   (:func:`auto_impl`: the kernels only on NVIDIA GPUs of compute capability >= 9.0, for
   float32 and bfloat16 states), and the launch guard (the tensor's CUDA device).
