@@ -72,6 +72,7 @@ PARITY_TESTS = (
     "tests/test_kernels_frac.py",
     "tests/test_kernels_manifold.py",
     "tests/test_impl.py",
+    "tests/test_graph_breaks.py",
 )
 #: the optional script of the chapters' GPU size (chapters 8-10)
 CHAPTERS_SCRIPT = BENCHMARKS / "chapters_gpu.py"

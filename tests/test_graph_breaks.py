@@ -183,3 +183,18 @@ def test_compiled_fused_connection_equals_the_eager_kernels_forward_and_every_gr
     assert len(compiled) == len(eager)
     for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["hc dynamic", "fc", "mhc"])
+def test_compiled_fused_connection_equals_the_eager_kernels_on_gpu_at_4k_tokens(kind):
+    # Inductor around the real kernels: the registered ops in a compiled graph, bf16 states
+    module, shape = connection(kind, "triton")
+    module = module.cuda()
+    shape = (4096, *shape[2:])
+    H = torch.randn(shape, generator=torch.Generator().manual_seed(2)).cuda().bfloat16()
+    eager = _forward_backward(module, H)
+    torch._dynamo.reset()
+    compiled = _forward_backward(torch.compile(module, fullgraph=True), H)
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
