@@ -26,7 +26,6 @@ Derived in: notebooks/07_memory_traffic_and_fused_kernels.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
@@ -73,10 +72,15 @@ def check_impl(impl: object) -> str:
     return impl
 
 
-@functools.cache
+_TRITON: list[bool] = []  # found or not, looked up once
+
+
 def triton_available() -> bool:
-    """Whether the ``triton`` package is installed (found without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the ``triton`` package is installed (found without importing it, once; a plain
+    cache rather than ``functools.cache``, which ``torch.compile`` warns about when tracing)."""
+    if not _TRITON:
+        _TRITON.append(importlib.util.find_spec("triton") is not None)
+    return _TRITON[0]
 
 
 def interpreting() -> bool:
