@@ -51,13 +51,13 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     log-sum-exp: the same iteration, term for term, but nothing underflows, so it holds for
     logits of any spread (``exp`` of float32 logits some 90 apart would round to 0 and change
     the result). Each matrix is computed on its own, with the same code whatever its values:
-    one matrix's result never depends on the others in the batch, and the function has no
-    data-dependent branch (``torch.compile`` traces it in one graph). The rounds run in
+    one matrix's result never depends on the others in the batch, and the iterations have no
+    data-dependent branch (``torch.compile`` traces them in one graph). The rounds run in
     float32 (float64 for float64 logits), and the result has the dtype of ``logits``.
 
-    ``-inf`` logits are exact zeros of ``M^(0)`` and are allowed. A row or column of ``-inf``
-    only has no doubly stochastic scaling (Eq. 9 would divide 0 by 0): that matrix comes back
-    NaN, and the other matrices of the batch are unaffected.
+    ``-inf`` logits are exact zeros of ``M^(0)`` and are allowed. A row or column made only of
+    ``-inf`` has no doubly stochastic scaling (Eq. 9 would divide 0 by 0): that matrix comes
+    back NaN (its gradient too), and the other matrices of the batch are unaffected.
 
     Args:
         logits: ``(..., n, n)`` floating point, finite or ``-inf``.
@@ -201,8 +201,9 @@ class ManifoldHyperConnection(Connection):
             ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
             ``"triton"`` the fused kernels :func:`hclib.kernels.manifold_pre.manifold_pre`
             (norm, projection, sigmoid, Sinkhorn-Knopp and ``h0`` in one read-out) and
-            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` for CUDA
-            tensors when triton is installed and ``"torch"`` elsewhere.
+            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` on NVIDIA
+            GPUs of compute capability >= 9.0 for float32 and bfloat16 states, ``"torch"``
+            elsewhere (:func:`hclib.kernels.dispatch.auto_impl`).
 
     Initialisation (the paper leaves the biases and ``phi`` open; our choice): ``phi = 0`` as
     HC's dynamic projections, so at init the weights are ``sigmoid(b_pre)``,

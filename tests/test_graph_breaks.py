@@ -124,3 +124,77 @@ def test_sinkhorn_kernel_op_passes_torch_library_opcheck():
     logits = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
     kernel_sinkhorn(logits)  # imports the kernel file, which registers the op
     torch.library.opcheck(torch.ops.hclib.sinkhorn_knopp.default, (logits, 5))
+
+
+# ------------------------------------------------- the fused connections (impl="triton")
+# The kernels' autograd Functions run as the registered ops hclib::fused / hclib::fused_backward
+# while torch.compile traces (hclib.kernels.ops); under the interpreter too.
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_connection_traces_in_one_graph_without_breaks(kind):
+    module, shape = connection(kind, "triton")
+    graphs, breaks, reasons = explain(module, torch.randn(shape))
+    assert (graphs, breaks) == (1, 0), reasons
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["residual", "hc", "fc", "mhc"])
+def test_a_whole_gpt_with_fused_connections_compiles_to_one_graph(kind):
+    from hclib.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(
+        vocab_size=64,
+        block_size=16,
+        n_layer=2,
+        n_head=2,
+        d_model=16,
+        connection=kind,
+        impl="triton",
+    )
+    torch.manual_seed(0)
+    graphs, breaks, reasons = explain(GPT(cfg), torch.randint(0, 64, (2, 8)))
+    assert (graphs, breaks) == (1, 0), reasons
+
+
+def _forward_backward(module, H):
+    H = H.detach().clone().requires_grad_(True)
+    module.zero_grad()
+    out = module(H)
+    out.pow(2).sum().backward()
+    return [out, H.grad] + [p.grad for p in module.parameters()]
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("kind", ["hc static", "hc dynamic", "fc", "mhc"])
+def test_compiled_fused_connection_equals_the_eager_kernels_forward_and_every_gradient(
+    kind, backend
+):
+    module, shape = connection(kind, "triton")
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    H = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    eager = _forward_backward(module, H)
+    torch._dynamo.reset()
+    compiled = _forward_backward(torch.compile(module, backend=backend, fullgraph=True), H)
+    assert len(compiled) == len(eager)
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["hc dynamic", "fc", "mhc"])
+def test_compiled_fused_connection_equals_the_eager_kernels_on_gpu_at_4k_tokens(kind):
+    # Inductor around the real kernels: the registered ops in a compiled graph, bf16 states
+    module, shape = connection(kind, "triton")
+    module = module.cuda()
+    shape = (4096, *shape[2:])
+    H = torch.randn(shape, generator=torch.Generator().manual_seed(2)).cuda().bfloat16()
+    eager = _forward_backward(module, H)
+    torch._dynamo.reset()
+    compiled = _forward_backward(torch.compile(module, fullgraph=True), H)
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)

@@ -52,23 +52,111 @@ def forward_backward(layer, H):
 
 
 # ----------------------------------------------------------------------- resolution
-RESOLUTIONS = [  # (impl, CUDA tensor, expected)
-    ("torch", False, "torch"),
-    ("compile", False, "compile"),
-    ("auto", False, "torch"),
-    ("torch", True, "torch"),
-    ("compile", True, "compile"),
-    ("auto", True, "triton"),
-    ("triton", True, "triton"),
+RESOLUTIONS = [  # (impl, CPU tensor, expected)
+    ("torch", "torch"),
+    ("compile", "compile"),
+    ("auto", "torch"),
 ]
 
 
-@pytest.mark.parametrize(("impl", "cuda", "expected"), RESOLUTIONS)
-def test_resolve_impl_picks_triton_only_for_cuda_tensors_under_auto(impl, cuda, expected):
-    if cuda and not (torch.cuda.is_available() and triton_available()):
-        pytest.skip("needs CUDA and triton")
-    tensor = torch.zeros(1, device="cuda" if cuda else "cpu")
-    assert resolve_impl(impl, tensor) == expected
+@pytest.mark.parametrize(("impl", "expected"), RESOLUTIONS)
+def test_resolve_impl_on_cpu_runs_the_reference_under_auto(impl, expected):
+    assert resolve_impl(impl, CPU) == expected
+
+
+class FakeGPU:
+    """A stand-in for a CUDA state tensor: what ``auto_impl`` looks at."""
+
+    is_cuda = True
+    device = torch.device("cuda", 1)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+AUTO = [  # (compute capability, ROCm, state dtype, expected, part of the reason)
+    ((9, 0), None, torch.bfloat16, "triton", "capability 9.0, torch.bfloat16"),
+    ((9, 0), None, torch.float32, "triton", "capability 9.0, torch.float32"),
+    ((10, 0), None, torch.bfloat16, "triton", "capability 10.0"),
+    ((8, 0), None, torch.bfloat16, "torch", "capability 8.0 < 9.0"),  # A100
+    ((7, 5), None, torch.float16, "torch", "capability 7.5 < 9.0"),  # T4 on Colab
+    ((9, 0), None, torch.float16, "torch", "a torch.float16 state"),
+    ((9, 0), None, torch.float64, "torch", "a torch.float64 state"),
+    ((9, 4), "6.2.0", torch.bfloat16, "torch", "ROCm"),  # MI300X reports gfx942 as 9.4
+]
+
+
+@pytest.mark.parametrize(("capability", "hip", "dtype", "expected", "why"), AUTO)
+def test_auto_picks_triton_only_on_nvidia_gpus_of_capability_9_for_tuned_dtypes(
+    monkeypatch, caplog, capability, hip, dtype, expected, why
+):
+    asked = []
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability
+    )
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    state = FakeGPU(dtype)
+    choice, reason = dispatch.auto_impl(state)
+    assert choice == expected and why in reason
+    assert asked in ([], [state.device])  # the state's own GPU, not the current one
+    with caplog.at_level("INFO", logger="hclib.kernels"):
+        for _ in range(3):
+            assert resolve_impl("auto", state) == expected
+    said = [r.getMessage() for r in caplog.records if r.name == "hclib.kernels"]
+    assert said == [f"impl='auto' runs {expected}: {reason}"]  # once, not per call
+
+
+def test_auto_says_once_that_a_cpu_state_runs_the_reference(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    with caplog.at_level("INFO", logger="hclib.kernels"):
+        layer = hclib.ManifoldHyperConnection(8, nn.Identity(), n=2)  # impl="auto"
+        for _ in range(2):
+            layer(torch.zeros(3, 2, 8))
+    said = [r.getMessage() for r in caplog.records if r.name == "hclib.kernels"]
+    assert said == ["impl='auto' runs torch: the state is on cpu, not on a CUDA GPU"]
+
+
+def test_every_kernel_launch_runs_under_the_device_of_its_tensors(monkeypatch):
+    # Triton launches on the current device; dispatch.launch switches to the tensors' own
+    entered, launched = [], []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    class CudaTensor(torch.Tensor):
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append((grid, entered[-1]))
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    x = torch.zeros(2).as_subclass(CudaTensor)
+    dispatch.launch(Kernel(), Kernel(), (4,), (1.0, x, 3), on_gpu=True, cpu_meta={})
+    assert entered == [torch.device("cuda", 1)] and launched == [((4,), torch.device("cuda", 1))]
+
+
+@pytest.mark.gpu
+def test_kernels_run_on_the_device_of_their_tensors_on_a_second_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    module = connections("triton")["mhc"].float().to("cuda:1")
+    H = state("mhc", dtype=torch.float32).to("cuda:1")
+    with torch.cuda.device(0):
+        out = module(H)
+    ref = copy.deepcopy(module)
+    ref.impl = "torch"
+    torch.testing.assert_close(out, ref(H), atol=1e-4, rtol=1e-4)
 
 
 @needs_triton

@@ -174,3 +174,14 @@ def test_kernel_equals_the_reference_at_32k_tokens_on_gpu(n):
     ref, ref_g = value_and_grad(hclib.sinkhorn_knopp, logits, grad)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(g, ref_g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("dtype", "spread", "atol"), WIDE, ids=["float32-100", "float64-1000"])
+def test_kernel_equals_the_reference_at_32k_tokens_and_wide_spreads_on_gpu(dtype, spread, atol):
+    logits = wide_logits(spread, dtype, batch=32768, seed=7)
+    grad = random_logits((32768,), 4, dtype=dtype, scale=1.0, seed=8)
+    out, g = value_and_grad(sinkhorn, logits, grad)
+    ref, ref_g = value_and_grad(hclib.sinkhorn_knopp, logits, grad)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    torch.testing.assert_close(g, ref_g, atol=atol, rtol=0)

@@ -10,7 +10,11 @@ state, so one model moves between CPU and GPU without being rebuilt:
 ``"compile"`` ``torch.compile`` of that same reference math (the branch stays eager)
 ``"triton"`` the fused kernels of :mod:`hclib.kernels` (CUDA tensors, or CPU tensors when
              ``TRITON_INTERPRET=1`` was set before the kernels were imported)
-``"auto"``   ``"triton"`` for CUDA tensors when triton is installed, ``"torch"`` elsewhere
+``"auto"``   ``"triton"`` where the kernels are compiled, tuned and tested for: an NVIDIA GPU of
+             compute capability 9.0 or more (H100, H200, B200), a float32 or bfloat16
+             state, triton installed; ``"torch"`` elsewhere (CPU, older or AMD GPUs,
+             float16 or float64 states). :func:`auto_impl` says why; the choice is logged
+             once (``logging``, logger ``hclib.kernels``, level INFO).
 ============ ===============================================================================
 
 Nothing here imports triton: ``import hclib`` works without it, and the kernel files are
@@ -22,15 +26,18 @@ Derived in: notebooks/07_memory_traffic_and_fused_kernels.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 
 import torch
 
 __all__ = [
+    "AUTO_DTYPES",
+    "AUTO_MIN_CAPABILITY",
     "IMPLS",
+    "auto_impl",
     "check_impl",
     "compile_options",
     "compiled",
@@ -46,6 +53,17 @@ __all__ = [
 #: the values every connection's ``impl`` argument accepts
 IMPLS = ("auto", "torch", "compile", "triton")
 
+#: state dtypes ``"auto"`` gives to the kernels: those they are tuned and tested for (float16,
+#: as on a T4, and float64 take the reference; ``impl="triton"`` still runs them)
+AUTO_DTYPES = (torch.float32, torch.bfloat16)
+
+#: the oldest NVIDIA compute capability ``"auto"`` gives to the kernels (Hopper: what their
+#: configs are compiled and tuned for)
+AUTO_MIN_CAPABILITY = (9, 0)
+
+logger = logging.getLogger("hclib.kernels")
+_LOGGED: set[tuple[str, str]] = set()
+
 
 def check_impl(impl: object) -> str:
     """Return ``impl`` if it is one of :data:`IMPLS`, else raise a clear error."""
@@ -54,10 +72,15 @@ def check_impl(impl: object) -> str:
     return impl
 
 
-@functools.cache
+_TRITON: list[bool] = []  # found or not, looked up once
+
+
 def triton_available() -> bool:
-    """Whether the ``triton`` package is installed (found without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the ``triton`` package is installed (found without importing it, once; a plain
+    cache rather than ``functools.cache``, which ``torch.compile`` warns about when tracing)."""
+    if not _TRITON:
+        _TRITON.append(importlib.util.find_spec("triton") is not None)
+    return _TRITON[0]
 
 
 def interpreting() -> bool:
@@ -75,7 +98,8 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
 
     Args:
         impl: one of :data:`IMPLS`.
-        tensor: the state the connection is called with; its device decides ``"auto"``.
+        tensor: the state the connection is called with; its device and dtype decide
+            ``"auto"`` (:func:`auto_impl`, logged once per decision).
 
     Raises:
         ValueError: unknown ``impl``, or ``"triton"`` for a CPU tensor outside the interpreter.
@@ -83,7 +107,11 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
     """
     check_impl(impl)
     if impl == "auto":
-        return "triton" if tensor.is_cuda and triton_available() else "torch"
+        choice, why = auto_impl(tensor)
+        if (choice, why) not in _LOGGED and not torch.compiler.is_compiling():
+            _LOGGED.add((choice, why))
+            logger.info("impl='auto' runs %s: %s", choice, why)
+        return choice
     if impl == "triton":
         if not triton_available():
             raise ImportError(
@@ -96,6 +124,34 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
                 f"is set before hclib.kernels is imported; got a tensor on {tensor.device}"
             )
     return impl
+
+
+def auto_impl(tensor: torch.Tensor) -> tuple[str, str]:
+    """What ``impl="auto"`` runs for a state ``tensor``, and why: ``("triton" | "torch", why)``.
+
+    ``"triton"`` only on an NVIDIA GPU (never ROCm: ``torch.version.hip``) of compute capability
+    at least :data:`AUTO_MIN_CAPABILITY`, for a state dtype in :data:`AUTO_DTYPES`, with triton
+    installed; the reference everywhere else.
+    """
+    if not tensor.is_cuda:
+        return "torch", f"the state is on {tensor.device}, not on a CUDA GPU"
+    if not triton_available():
+        return "torch", "triton is not installed"
+    if torch.version.hip:
+        return "torch", "a ROCm GPU: the kernels are tuned for NVIDIA (impl='triton' forces them)"
+    major, minor = torch.cuda.get_device_capability(tensor.device)
+    if (major, minor) < AUTO_MIN_CAPABILITY:
+        want = ".".join(map(str, AUTO_MIN_CAPABILITY))
+        return "torch", (
+            f"compute capability {major}.{minor} < {want}, which the kernels are tuned for "
+            "(impl='triton' forces them)"
+        )
+    if tensor.dtype not in AUTO_DTYPES:
+        return "torch", (
+            f"a {tensor.dtype} state: the kernels are tuned and tested for "
+            f"{', '.join(map(str, AUTO_DTYPES))}"
+        )
+    return "triton", f"NVIDIA GPU of compute capability {major}.{minor}, {tensor.dtype} state"
 
 
 #: keyword arguments of ``torch.compile`` for ``impl="compile"`` (e.g. ``{"mode":

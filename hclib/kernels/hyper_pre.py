@@ -69,6 +69,7 @@ from torch.autograd.function import once_differentiable
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import launch
+from hclib.kernels.ops import registered
 from hclib.kernels.post_res import cast_rtne
 
 __all__ = [
@@ -596,6 +597,7 @@ def readout_backward(g_out, g_hp, g_coef, saved, cfg: ReadOutConfig):
 
 
 # ----------------------------------------------------------------------- autograd and API
+@registered  # a torch.library op under torch.compile (hclib.kernels.ops)
 class ReadOut(torch.autograd.Function):
     """The read-out and weights of :func:`readout_forward`, with the fused backward.
 

@@ -82,6 +82,7 @@ import triton.language as tl
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import launch
+from hclib.kernels.ops import registered
 from hclib.kernels.sinkhorn import (
     backward_segment,
     padded_rate,
@@ -636,10 +637,8 @@ def manifold_pre_forward(
         ACC=_acc(acc),
         ROUND=_round_in_kernel(H),
     )
-    BT = 64 if H.is_cuda else _cpu_tokens(T, 64)
-    _manifold_pre_redo[(triton.cdiv(T, BT),)](
-        z, bias, alpha, res, flag, T, K, iters, N=n, NP=NP, BT=BT
-    )
+    # no second (log-space) Sinkhorn pass: the tile iterates on log M for every token and never
+    # raises the flag (hclib.kernels.sinkhorn)
     return h0, post, res, z, rinv, flag
 
 
@@ -737,6 +736,7 @@ def manifold_pre_backward(
 
 
 # ----------------------------------------------------------------------- autograd and API
+@registered  # a torch.library op under torch.compile (hclib.kernels.ops)
 class ManifoldPre(torch.autograd.Function):
     """``(h0, post, res, H_pass)`` of flat, contiguous inputs, with the fused backward.
 

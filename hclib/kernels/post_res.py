@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable
 
 from hclib.connection import compute_dtype
 from hclib.kernels.dispatch import interpreting, launch
+from hclib.kernels.ops import registered
 
 __all__ = ["PostRes", "cast_rtne", "post_res", "post_res_backward", "post_res_forward"]
 
@@ -277,6 +278,7 @@ def post_res_backward(
 
 
 # ----------------------------------------------------------------------- autograd and API
+@registered  # a torch.library op under torch.compile (hclib.kernels.ops)
 class PostRes(torch.autograd.Function):
     """``H' = res @ H + post (x) y`` on flat tensors, with the fused backward.
 
