@@ -37,6 +37,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -646,7 +647,8 @@ def _rows_last_first(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     return _original_sinkhorn(logits.transpose(-1, -2), iters).transpose(-1, -2)
 
 
-_original_sinkhorn = hclib.manifold.sinkhorn_knopp
+#: the unchecked Sinkhorn that ManifoldHyperConnection's reference math calls
+_original_sinkhorn = hclib.manifold._sinkhorn_knopp
 
 
 @contextlib.contextmanager
@@ -656,11 +658,8 @@ def _liger_context_manager(done: set[str]) -> Iterator[None]:
     if "order" not in done:
         yield
         return
-    hclib.manifold.sinkhorn_knopp = _rows_last_first
-    try:
+    with mock.patch.object(hclib.manifold, "_sinkhorn_knopp", _rows_last_first):
         yield
-    finally:
-        hclib.manifold.sinkhorn_knopp = _original_sinkhorn
 
 
 def _fp64_context(done: set[str]) -> contextlib.AbstractContextManager:

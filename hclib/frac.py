@@ -63,8 +63,9 @@ class FracConnection(AlphaBetaConnection):
             call by :func:`hclib.kernels.resolve_impl`: ``"torch"`` runs the equations below,
             ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
             ``"triton"`` the fused kernels :func:`hclib.kernels.frac.frac_pre` and
-            :func:`hclib.kernels.frac.frac_post_res`; ``"auto"`` picks ``"triton"`` for CUDA
-            tensors when triton is installed and ``"torch"`` elsewhere.
+            :func:`hclib.kernels.frac.frac_post_res`; ``"auto"`` picks ``"triton"`` on NVIDIA
+            GPUs of compute capability >= 9.0 for float32 and bfloat16 states, ``"torch"``
+            elsewhere (:func:`hclib.kernels.dispatch.auto_impl`).
 
     Parameters (FC Algorithm 2 layout):
         ``static_alpha`` ``(m, 2m)`` = ``[Y | A]``; ``static_beta`` ``(m,)`` = ``B``;

@@ -65,8 +65,9 @@ class HyperConnection(AlphaBetaConnection):
             ``"compile"`` the same code under ``torch.compile`` (the branch stays eager),
             ``"triton"`` the fused kernels :func:`hclib.kernels.hyper_pre.hyper_pre` (norm,
             projection, tanh, scale and ``h_0`` in one read-out) and
-            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` for CUDA
-            tensors when triton is installed and ``"torch"`` elsewhere.
+            :func:`hclib.kernels.post_res.post_res`; ``"auto"`` picks ``"triton"`` on NVIDIA
+            GPUs of compute capability >= 9.0 for float32 and bfloat16 states, ``"torch"``
+            elsewhere (:func:`hclib.kernels.dispatch.auto_impl`).
 
     Parameters (Algorithm 2 layout):
         ``static_alpha`` ``(n, n+1)`` = ``[A_m | A_r]``; ``static_beta`` ``(n,)`` = ``B``;

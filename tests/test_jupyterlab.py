@@ -198,9 +198,14 @@ def test_jupyterlab_opens_chapter_1_in_a_browser_with_its_title_and_kernel(lab, 
                 session,
             )
             seen = result["result"].get("value") or []
-        sessions = lab.get("/api/sessions")
-        opened = [s for s in sessions if s["path"] == name]
-        assert opened, f"no kernel session for {name}: {sessions}"
+        # JupyterLab starts the kernel session after the notebook has rendered: wait for it
+        while True:
+            sessions = lab.get("/api/sessions")
+            opened = [s for s in sessions if s["path"] == name]
+            if opened:
+                break
+            assert time.monotonic() < deadline, f"no kernel session for {name}: {sessions}"
+            time.sleep(1.0)
         assert opened[0]["kernel"]["name"] == KERNEL
     finally:
         browser.send("Target.closeTarget", {"targetId": target})
