@@ -497,7 +497,7 @@ def _fwd_configs():
         for bt, bc, bd, w, s in [
             (64, 32, 64, 8, 3),
             (64, 64, 64, 8, 3),
-            (64, 64, 128, 8, 2),
+            # (64, 64, 128, 8, 2) is left out: on sm_80 at n = 2 (bf16) ptxas spills 16 bytes
         ]
     ]
 
