@@ -2,7 +2,6 @@
 hclib provider, and the targets are read off the rows (met, missed, by how much)."""
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,20 +12,13 @@ import torch
 
 import hclib
 from hclib.book import device_slug
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "connections.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_connections", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_script("connections", "bench_connections")
 
 
 @pytest.mark.slow

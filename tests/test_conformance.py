@@ -4,28 +4,19 @@ the peers are installed, each peer computes hclib's function once its listed dev
 neutralised (and not before)."""
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import hclib
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "conformance.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_conformance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-conf = _load()
+conf = load_script("conformance", "bench_conformance")
 
 # (kind, n or m, d, depth)
 SELF_CASES = [

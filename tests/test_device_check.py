@@ -7,7 +7,6 @@ wheels are installed without network, the report reads the parity counts.
 """
 
 import csv
-import importlib.util
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dc = _load()
+dc = load_script("device_check", "bench_device_check")
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ corpus written into tmp_path.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from hclib.models import GPT
 from hclib.optim import param_groups
 from hclib.stats import VERDICTS
 from hclib.training import TrainWindows, WarmupCosine
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpt_experiments.py"
@@ -445,17 +445,12 @@ def test_script_smoke_run_writes_the_results_folder(corpus_root, tmp_path):
     assert "| claim |" in done.stdout
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gpt_experiments_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_refuses_the_full_size_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="found no CUDA device"):
-        _script().main([])
+        load_script("gpt_experiments", "gpt_experiments_script").main([])
     with pytest.raises(SystemExit):
-        _script().parse_args(["--connections", "residual,dense"])
+        load_script("gpt_experiments", "gpt_experiments_script").parse_args(
+            ["--connections", "residual,dense"]
+        )

@@ -3,7 +3,6 @@ covers, and one real ahead-of-time compile for sm_90 (no GPU needed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from scripts import load_script
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "kernel_resources.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("kernel_resources", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kernel_resources"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-kr = _load()
+kr = load_script("kernel_resources", "kernel_resources")
 
 LOG_OK = """ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function '_post_res_fwd' for 'sm_90a'

@@ -38,6 +38,7 @@ from hclib.training import (
 )
 from hclib.training.cli import TrainCLI, main
 from hclib.training.flops import active_params
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = [ROOT / "configs" / "fsdp.yaml"]  # added after a recipe, not recipes themselves
@@ -590,19 +591,8 @@ def test_two_process_ddp_on_cpu_matches_one_process_on_the_same_global_batch(cor
 # ------------------------------------------------------------- benchmarks/train_step.py
 
 
-def _load_train_step_benchmark():
-    import importlib.util
-
-    path = ROOT / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("bench_train_step", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_step_benchmark_smoke_run_writes_its_table_and_ratios(tmp_path, capsys):
-    bench = _load_train_step_benchmark()
+    bench = load_script("train_step")
     args = ["--smoke", "--out", str(tmp_path), "--connections", "residual,hc", "--steps", "2"]
     assert bench.main(args) == 0
     with open(tmp_path / "train_step.csv") as f:
@@ -616,7 +606,7 @@ def test_train_step_benchmark_smoke_run_writes_its_table_and_ratios(tmp_path, ca
 
 
 def test_train_step_benchmark_reads_each_target_as_met_missed_or_not_measured():
-    bench = _load_train_step_benchmark()
+    bench = load_script("train_step")
     at = {"d": 2048, "mode": "eager"}
     rows = [
         {**at, "connection": "hc", "recompute": False, "x_residual_time": 1.08},
