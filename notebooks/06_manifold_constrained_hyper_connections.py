@@ -560,13 +560,13 @@ print("                 H_post =", [round(v, 3) for v in m0.post[0, 0].tolist()]
 print("                 H_res row 0 =", [round(v, 4) for v in m0.res[0, 0, 0].tolist()])
 
 # %% [markdown]
-# Why not spread $H^{\mathrm{pre}}$ evenly, $1/n$ on every stream, which would also sum to 1? At
-# initialisation all streams are copies, the mixing matrix and the write-in treat all streams
-# alike, and with an even read-out nothing in the network can tell the streams apart: every
-# stream receives the same gradient, stays a copy of the others through training, and the $n$
-# streams are worth one. Concentrating the read-out on stream $k \bmod n$, as HC's one-hot
-# $e_{k \bmod n}$ does, breaks that symmetry. A few training steps of a four-layer stack show
-# it: with the even read-out the streams remain identical, with ours they separate.
+# Why not spread $H^{\mathrm{pre}}$ evenly, $1/n$ on every stream, which would also sum to 1?
+# Because of the symmetry argument of {ref}`ex-05-symmetry`: with copies in every stream and a
+# read-out, write-in and mixing that treat all streams alike, every stream receives the same
+# gradient and the $n$ streams stay worth one; concentrating the read-out on stream
+# $k \bmod n$, as HC's one-hot $e_{k \bmod n}$ does, breaks it. A few training steps of a
+# four-layer stack show it: with the even read-out the streams remain identical, with ours they
+# separate.
 
 
 # %%
