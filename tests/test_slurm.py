@@ -143,10 +143,12 @@ def test_sigusr1_saves_requeues_exits_non_zero_and_the_requeued_job_resumes(
     cluster_env,
 ):
     args = job_args(corpus_root, tmp_path, "--checkpoint.every_n_train_steps", "1")
-    job = sbatch(cluster_env, [*args, "--trainer.max_steps", "1000"])
-    first = tmp_path / "run" / f"slurm-{JOB_ID}" / "checkpoints" / "step=000001.ckpt"
+    # far more steps than it can take before the signal: only the signal ends this run
+    job = sbatch(cluster_env, [*args, "--trainer.max_steps", "100000"])
+    checkpoints = tmp_path / "run" / f"slurm-{JOB_ID}" / "checkpoints"
     deadline = time.monotonic() + 300
-    while not (first / "meta.pt").exists():  # the job is training
+    # the job is training once a step's checkpoint is complete (older ones may be pruned)
+    while not any(checkpoints.glob("step=*.ckpt/meta.pt")):
         assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-4000:]
         time.sleep(0.5)
     srun = int((tmp_path / "srun.pid").read_text())
