@@ -60,7 +60,6 @@ import datetime
 import io
 import json
 import logging
-import math
 import multiprocessing
 import os
 import platform
@@ -629,12 +628,12 @@ def corpus_problem(data_root: Path | None) -> str:
     return ""
 
 
-class _Stop(Exception):
+class _StopRequestedError(Exception):
     pass
 
 
 def _on_sigterm(signum, frame) -> None:
-    raise _Stop
+    raise _StopRequestedError
 
 
 @dataclass
@@ -728,7 +727,7 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
             if len(rows) == len(jobs) and running is None:
                 break
             time.sleep(0.2)
-    except _Stop:
+    except _StopRequestedError:
         stopped = "SIGTERM"
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish writing what finished
