@@ -10,14 +10,14 @@ usage::
 
 * chapter 8, on the machine's CPU cores (a 64-wide MLP is launch-bound on a GPU, and the
   library's sweep trains on the CPU): :func:`hclib.toy.run_toy_sweep` over the chapter's 14
-  configurations at the depth of its full size (32 blocks), 400 AdamW steps of 256 examples
+  configurations at the depth of its full size (32 blocks), 500 AdamW steps of 256 examples
   from 65,536, six seeds, in :data:`TOY_WORKERS` processes;
 * chapter 9, on the GPU: :func:`hclib.experiments.run_experiments` at the preset
-  :data:`hclib.experiments.SIZES` ``["gpu"]`` (a GPT of d = 384 and 6 blocks, 240 steps of
-  16,384 bytes: 3.9M tokens per run, Pre-Norm, HC, FC, mHC and HC n = 1, three seeds);
-* chapter 10, on the GPU after chapter 9 in the same process: ``python -m hclib.train fit
+  :data:`hclib.experiments.SIZES` ``["gpu"]`` (a GPT of d = 384 and 6 blocks, 300 steps of
+  16,384 bytes: 4.9M tokens per run, Pre-Norm, HC, FC, mHC and HC n = 1, three seeds);
+* chapter 10, on the GPU beside chapter 9 (a second process): ``python -m hclib.train fit
   --config configs/moe-gpu.yaml`` (in-process, :func:`hclib.training.cli.main`) for each
-  connection and three seeds (a 4-block MoE GPT, 150 steps of 8,192 bytes: 1.2M tokens).
+  connection and three seeds (a 4-block MoE GPT, 200 steps of 8,192 bytes: 1.6M tokens).
 
 **Output** in ``--out`` (default ``results/<date>-<device>/``), in the files and formats the
 chapters load: ``08_toy_models.json`` (:func:`hclib.toy.save_toy_sweep`), ``09_small_gpt/``
@@ -69,7 +69,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ class ToySize:
 TOY_SIZES = {
     # the default size is d 64, L 16, 120 steps of 128, 8192 examples, 3 seeds; the full
     # size d 64, L 32, 1000 steps of 256, 65536 examples, 5 seeds
-    "gpu": ToySize(64, 32, 400, 256, 65_536, tuple(range(6)), TOY_WORKERS),
+    "gpu": ToySize(64, 32, 500, 256, 65_536, tuple(range(6)), TOY_WORKERS),
     "smoke": ToySize(16, 4, 8, 32, 512, (0, 1, 2), 2),
 }
 MOE_SEEDS = {"gpu": (0, 1, 2), "smoke": (0, 1)}
@@ -191,7 +190,9 @@ class CostModel:
     gpt_run_s: float = 1.5  #: per chapter-9 run: model, validation every 50 steps, 4 probes
     moe_run_s: float = 2.5  #: per chapter-10 run: Trainer setup, 8 validations, log copy
     process_s: float = 15.0  #: per GPU process: Python, torch, CUDA context, corpus
-    compile_s: float = 5.0  #: per connection kind and process: Triton compile and autotune
+    #: per connection kind and model shape: Triton compiles and autotunes hclib's kernels
+    #: (benchmarks/kernel_resources.py: about 0.2 s a compile; each config is also timed)
+    compile_s: float = 10.0
     #: toy sweep, one thread per run: CPU seconds per block and step at batch b are
     #: toy_a + toy_b * b (measured: 0.70 ms at 128, 0.95 ms at 256, mean over the 14
     #: configurations; x1.4 here for a slower core and the GPU processes beside it)
@@ -204,10 +205,14 @@ class CostModel:
     def toy_run(self, toy: ToySize) -> float:
         return toy.depth * toy.steps * (self.toy_a + self.toy_b * toy.batch_size) + self.toy_run_s
 
+    def arithmetic(self, flops: float) -> float:
+        """Seconds of ``flops`` of model arithmetic at the assumed utilisation."""
+        return flops / (self.mfu * self.peak_flops)
+
     def step(self, flops_per_step: float, n_layer: int, kind: str, moe_layers: int = 0) -> float:
         """Seconds of one training step: arithmetic plus launch-bound overheads."""
         return (
-            flops_per_step / (self.mfu * self.peak_flops)
+            self.arithmetic(flops_per_step)
             + n_layer * self.block_s[kind]
             + moe_layers * self.moe_layer_s
             + self.step_s
@@ -238,6 +243,7 @@ class Item:
     tokens_per_run: float
     flops_per_run: float
     seconds: float  # the estimate, all runs (for the CPU lane: wall time over the workers)
+    arithmetic_s: float = 0.0  # of which the GPU's arithmetic (FLOPs at the assumed MFU)
 
 
 def plan(size: str, cost: CostModel | None = None) -> list[Item]:
@@ -263,7 +269,7 @@ def plan(size: str, cost: CostModel | None = None) -> list[Item]:
     config = gpt_config(size)
     vocab = _vocab(config.corpus)
     per_step = config.batch_size * config.block_size
-    items.append(Item("9", "process start (chapters 9 and 10)", "gpu", 0, 0, 0, cost.process_s))
+    items.append(Item("9", "process start", "gpu", 0, 0, 0, cost.process_s))
     kinds = set()
     for name in config.connections:
         model = config.model_config(name, vocab)
@@ -281,6 +287,7 @@ def plan(size: str, cost: CostModel | None = None) -> list[Item]:
                 config.tokens,
                 flops * config.steps,
                 n * (config.steps * step + cost.gpt_run_s),
+                n * config.steps * cost.arithmetic(flops),
             )
         )
     kinds.discard("residual")
@@ -308,8 +315,10 @@ def plan(size: str, cost: CostModel | None = None) -> list[Item]:
                 m_steps * m_per_step,
                 flops * m_steps,
                 n * (m_steps * step + cost.moe_run_s),
+                n * m_steps * cost.arithmetic(flops),
             )
         )
+    items.insert(-len(MOE_CONNECTIONS), Item("10", "process start", "gpu", 0, 0, 0, cost.process_s))
     items.append(Item("10", "Triton compile", "gpu", 0, 0, 0, cost.compile_s * 3))
     return items
 
@@ -338,11 +347,18 @@ def _moe_model_config(recipe: dict[str, Any], fields: dict[str, Any], connection
 
 
 def estimate(items: Sequence[Item]) -> dict[str, float]:
-    """``{"cpu": s, "gpu": s, "total": s}``: the lanes run at once, the GPU's one after the
-    other, so the total is the longer lane."""
+    """``{"cpu", "9", "10", "gpu", "total"}`` seconds. The three lanes run at once: chapters 9
+    and 10 in two processes on the one GPU, where each mostly waits on its own kernel launches
+    (its own CPU core) but their arithmetic shares the tensor cores, so the GPU lane is the
+    longer chapter plus the shorter one's arithmetic; the total is the longer of the CPU lane
+    and the GPU lane."""
     cpu = sum(i.seconds for i in items if i.lane == "cpu")
-    gpu = sum(i.seconds for i in items if i.lane == "gpu")
-    return {"cpu": cpu, "gpu": gpu, "total": max(cpu, gpu)}
+    ch = {c: sum(i.seconds for i in items if i.chapter == c) for c in ("9", "10")}
+    arith = {c: sum(i.arithmetic_s for i in items if i.chapter == c) for c in ("9", "10")}
+    longer = max(ch, key=ch.get)
+    shorter = "10" if longer == "9" else "9"
+    gpu = ch[longer] + arith[shorter]
+    return {"cpu": cpu, "9": ch["9"], "10": ch["10"], "gpu": gpu, "total": max(cpu, gpu)}
 
 
 def plan_table(items: Sequence[Item], cost: CostModel) -> str:
@@ -360,8 +376,9 @@ def plan_table(items: Sequence[Item], cost: CostModel) -> str:
     e = estimate(items)
     lines += [
         "",
-        f"Estimated: CPU lane {e['cpu']:.0f} s, GPU lane {e['gpu']:.0f} s (chapter 9 then 10); "
-        f"the lanes run at once, so about {e['total']:.0f} s in all "
+        f"Estimated: CPU lane (chapter 8) {e['cpu']:.0f} s; GPU lane {e['gpu']:.0f} s (chapters "
+        f"9 and 10 at once, {e['9']:.0f} s and {e['10']:.0f} s alone, sharing the GPU's "
+        f"arithmetic); the lanes run at once, so about {e['total']:.0f} s in all "
         f"(target {cost.target_s:.0f} s).",
         "",
         f"Assumptions (CostModel): {cost.mfu:.0%} of {cost.peak_flops / 1e12:.0f} TFLOP/s for "
@@ -428,7 +445,9 @@ def gpt_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
     config = gpt_config(size)
     corpus = pick_corpus(config.corpus, data_root)
     device = torch.device("cpu" if size == "smoke" else "cuda")
-    run_experiments(config, corpus, out=out / GPT_NAME, device=device, stop_at=stop_at)
+    run_experiments(
+        config, corpus, out=out / GPT_NAME, device=device, stop_at=stop_at, progress=size == "gpu"
+    )
     return 0
 
 
@@ -546,25 +565,6 @@ def moe_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
     return 0
 
 
-TIMES = ".chapters_gpu-times.json"  # the GPU child's seconds per chapter, read by the parent
-
-
-def gpu_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> int:
-    """Chapters 9 then 10 in one process (one start, one CUDA context); either may fail
-    without stopping the other."""
-    times, rc = {}, 0
-    for chapter, lane in (("9", gpt_lane), ("10", moe_lane)):
-        start = time.perf_counter()
-        try:
-            lane(out, size, stop_at, data_root)
-        except Exception:  # noqa: BLE001 - reported, and the other chapter still runs
-            traceback.print_exc()
-            rc = 1
-        times[chapter] = round(time.perf_counter() - start, 1)
-        (out / TIMES).write_text(json.dumps(times) + "\n")
-    return rc
-
-
 def write_moe(out: Path, size: str, device: str) -> tuple[int, int]:
     """``runs.json`` of chapter 10's results (complete seeds only); (runs kept, planned)."""
     import hclib
@@ -670,16 +670,18 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
     problem = corpus_problem(args.data_root)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    threads = max(1, (os.cpu_count() or 2) - toy.workers)
-    env["OMP_NUM_THREADS"] = str(threads)  # the toy workers have the other cores
+    threads = max(1, ((os.cpu_count() or 2) - toy.workers) // 2)
+    env["OMP_NUM_THREADS"] = str(threads)  # each GPU process; the toy workers have the rest
     if args.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--lane", "gpu", "--out", str(out)]
-    cmd += ["--budget-s", "0"]  # replaced by the time left when the lane starts
-    cmd += ["--smoke"] * args.smoke
-    if args.data_root is not None:
-        cmd += ["--data-root", str(args.data_root)]
-    lanes = [Lane("9-10", cmd, skip=problem)]
+    lanes = []
+    for chapter, lane in (("9", "gpt"), ("10", "moe")):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--lane", lane, "--out", str(out)]
+        cmd += ["--budget-s", f"{deadline - time.monotonic():.1f}"]
+        cmd += ["--smoke"] * args.smoke
+        if args.data_root is not None:
+            cmd += ["--data-root", str(args.data_root)]
+        lanes.append(Lane(chapter, cmd, skip=problem))
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     failures: list[str] = []
     stopped = ""
@@ -706,25 +708,17 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
                         rows[key] = {}
             if len(rows) == len(jobs) and not toy_seconds:
                 toy_seconds = now - toy_start
-            running = next((lane for lane in lanes if lane.proc is not None), None)
-            if running is not None and running.proc.poll() is not None:
-                rc = running.proc.returncode
-                running.status = "ok" if rc == 0 else f"failed (exit {rc})"
-                running.seconds = now - running.started
-                if rc:
-                    failures.append(f"chapters {running.chapter}: exit {rc} (see the log above)")
-                running.proc = None
-                running = None
-            if running is None:
-                waiting = next((ln for ln in lanes if ln.status == "not run" and not ln.skip), None)
-                if waiting is not None:
-                    waiting.command[waiting.command.index("--budget-s") + 1] = (
-                        f"{deadline - now:.1f}"
-                    )
-                    waiting.proc = subprocess.Popen(waiting.command, cwd=ROOT, env=env)
-                    waiting.started, waiting.status = now, "running"
-                    continue
-            if len(rows) == len(jobs) and running is None:
+            for lane in lanes:
+                if lane.status == "not run" and not lane.skip:  # both start at once
+                    lane.proc = subprocess.Popen(lane.command, cwd=ROOT, env=env)
+                    lane.started, lane.status = now, "running"
+                if lane.proc is not None and lane.proc.poll() is not None:
+                    rc = lane.proc.returncode
+                    lane.status = "ok" if rc == 0 else f"failed (exit {rc})"
+                    lane.seconds, lane.proc = now - lane.started, None
+                    if rc:
+                        failures.append(f"chapter {lane.chapter}: exit {rc} (see the log above)")
+            if len(rows) == len(jobs) and all(lane.proc is None for lane in lanes):
                 break
             time.sleep(0.2)
     except _StopRequestedError:
@@ -769,20 +763,15 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
         )
     results = [("8", len(kept), len(jobs), toy_seconds, "ok" if len(kept) == len(jobs) else "")]
     # ---- chapters 9 and 10
-    (gpu,) = lanes
-    times = json.loads((out / TIMES).read_text()) if (out / TIMES).exists() else {}
-    (out / TIMES).unlink(missing_ok=True)
-    times.setdefault("9", gpu.seconds)  # stopped in chapter 9
-    times.setdefault("10", gpu.seconds - times["9"])
     done9 = (0, len(gpt_config(size).connections) * len(gpt_config(size).seeds))
     done10 = (0, len(MOE_CONNECTIONS) * len(MOE_SEEDS[size]))
     if not problem:
-        done9 = write_gpt(out, size, args.data_root, times["9"])
+        done9 = write_gpt(out, size, args.data_root, lanes[0].seconds)
         device = "cpu" if args.smoke else _cuda_name()
         done10 = write_moe(out, size, device)
-    status = gpu.skip or gpu.status
-    results.append(("9", *done9, times["9"], status if done9[0] < done9[1] else "ok"))
-    results.append(("10", *done10, times["10"], status if done10[0] < done10[1] else "ok"))
+    for lane, done in zip(lanes, (done9, done10), strict=True):
+        status = "ok" if done[0] == done[1] else lane.skip or lane.status
+        results.append((lane.chapter, *done, lane.seconds, status))
     signal.signal(signal.SIGTERM, previous)
     write_report(report_dir, size, items, results, stopped, failures, time.monotonic() - start)
     for line in failures:
@@ -858,7 +847,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="the same flow on the CPU, toy sizes")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     p.add_argument("--data-root", type=Path, default=None, help="folder of built corpora")
-    p.add_argument("--lane", choices=("gpu",), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--lane", choices=("gpt", "moe"), default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -868,7 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lane is not None:  # a child: one GPU lane until the deadline
         stop_at = time.monotonic() + args.budget_s
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        return gpu_lane(args.out, size, stop_at, args.data_root)
+        lane = gpt_lane if args.lane == "gpt" else moe_lane
+        return lane(args.out, size, stop_at, args.data_root)
     items = plan(size)
     print(plan_table(items, CostModel()), flush=True)
     if args.dry_run:

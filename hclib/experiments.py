@@ -258,8 +258,8 @@ SIZES: dict[str, ExperimentConfig] = {
         seeds=(0, 1, 2),
     ),
     # one H100/H200, chapters 8-10 together in about three minutes
-    # (benchmarks/chapters_gpu.py): 10.6M parameters in the blocks, 3.9M tokens per run (about
-    # 0.85 passes over Shakespeare's 4.6M training bytes), every run three seeds; the estimate
+    # (benchmarks/chapters_gpu.py): 10.6M parameters in the blocks, 4.9M tokens per run (about
+    # one pass over Shakespeare's 4.6M training bytes), every run three seeds; the estimate
     # of its time is that script's --dry-run
     "gpu": ExperimentConfig(
         size="gpu",
@@ -269,9 +269,9 @@ SIZES: dict[str, ExperimentConfig] = {
         n_head=6,
         block_size=256,
         batch_size=64,
-        steps=240,
+        steps=300,
         lr=1.5e-3,
-        warmup_steps=24,
+        warmup_steps=30,
         tie_embeddings=False,  # as at the small size
         eval_every=50,
         eval_windows=128,
