@@ -34,10 +34,13 @@ was skipped. A chapter-10 run is not started when its estimate does not fit in w
 **The estimate** (``--dry-run`` prints it; :class:`CostModel` holds every assumption): GPU
 runs cost their model FLOPs (:func:`hclib.training.flops.flops_per_token`) at 20 % of the
 H100's 989 TFLOP/s dense bfloat16, plus a launch-bound cost per block and step (models this
-small wait on kernel launches more than on arithmetic), plus fixed costs per run and per
-process. The toy sweep costs a CPU time per block and step, measured on a 2-core machine
-with one thread per run and rounded up by 40 %. None of it has been checked on a GPU yet:
-compare the report's measured seconds with the estimate and correct :class:`CostModel`.
+small wait on kernel launches more than on arithmetic), plus fixed costs per run, per
+process and for Triton's compile and autotuning. Chapters 9 and 10 run as two processes on
+the one GPU: each waits on its own launches, their arithmetic shares the tensor cores, so the
+GPU lane is the longer chapter plus the shorter one's arithmetic. The toy sweep costs a CPU
+time per block and step, measured on a 2-core machine with one thread per run and rounded up
+by 40 %. None of it has been checked on a GPU yet: compare the report's measured seconds
+with the estimate and correct :class:`CostModel`.
 
 ``--smoke`` runs the same flow on the CPU at toy sizes (in a temporary folder unless
 ``--out``), to check the plumbing in CI (``tests/test_chapters_gpu.py``); its numbers mean
@@ -670,7 +673,7 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
     problem = corpus_problem(args.data_root)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    threads = max(1, ((os.cpu_count() or 2) - toy.workers) // 2)
+    threads = max(1, ((os.cpu_count() or 2) - min(toy.workers, os.cpu_count() or 1)) // 2)
     env["OMP_NUM_THREADS"] = str(threads)  # each GPU process; the toy workers have the rest
     if args.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -687,7 +690,8 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
     stopped = ""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(toy.workers, initializer=_toy_init, initargs=(size,))
+    workers = min(toy.workers, os.cpu_count() or 1)  # the estimate assumes toy.workers
+    pool = ctx.Pool(workers, initializer=_toy_init, initargs=(size,))
     toy_start = time.monotonic()
     toy_seconds = 0.0
     jobs = [((name, seed), pool.apply_async(_toy_job, (name, seed))) for seed in toy.seeds
@@ -754,9 +758,9 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
             lr=toy.lr,
             configs=configs,
             seconds=round(toy_seconds),
-            workers=toy.workers,
+            workers=workers,
             machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), "
-            f"{toy.workers} worker processes, beside the GPU runs of chapters 9-10",
+            f"{workers} worker processes, beside the GPU runs of chapters 9-10",
             torch=torch.__version__,
             hclib=__import__("hclib").__version__,
             date=datetime.date.today().isoformat(),
