@@ -6,7 +6,8 @@ each run with a few seeds, and judges the papers' claims from the spread. This m
 what the chapter and its full-size script (``benchmarks/gpt_experiments.py``) share:
 
 * :class:`ExperimentConfig` and :func:`experiment_config`: the sizes, ``"smoke"`` (tests),
-  ``"small"`` (the book's CPU default) and ``"full"`` (one GPU, documented in the chapter);
+  ``"small"`` (the book's CPU default), ``"gpu"`` (about a minute and a half of one H100,
+  ``benchmarks/chapters_gpu.py``) and ``"full"`` (one GPU, documented in the chapter);
 * :func:`train_gpt`: one run, a plain PyTorch loop (AdamW with :func:`hclib.param_groups`,
   warmup and cosine, gradient clipping) that records the training loss and gradient norm of
   every step, the validation loss, the connections' diagnostics over training
@@ -256,6 +257,29 @@ SIZES: dict[str, ExperimentConfig] = {
         connections=(*CONNECTIONS, "hc-n1"),
         seeds=(0, 1, 2),
     ),
+    # one H100/H200, chapters 8-10 together in about three minutes
+    # (benchmarks/chapters_gpu.py): 10.6M parameters in the blocks, 4.9M tokens per run (about
+    # one pass over Shakespeare's 4.6M training bytes), every run three seeds; the estimate
+    # of its time is that script's --dry-run
+    "gpu": ExperimentConfig(
+        size="gpu",
+        corpus="shakespeare-byte",
+        d_model=384,
+        n_layer=6,
+        n_head=6,
+        block_size=256,
+        batch_size=64,
+        steps=300,
+        lr=1.5e-3,
+        warmup_steps=30,
+        tie_embeddings=False,  # as at the small size
+        eval_every=50,
+        eval_windows=128,
+        probe_every=100,
+        probe_windows=8,
+        connections=(*CONNECTIONS, "hc-n1"),
+        seeds=(0, 1, 2),
+    ),
     # one GPU: 50.4M parameters in the blocks (52.5M with a 4096-token output layer), 203M
     # tokens per run
     "full": ExperimentConfig(
@@ -281,7 +305,7 @@ SIZES: dict[str, ExperimentConfig] = {
 
 
 def experiment_config(size: str) -> ExperimentConfig:
-    """The preset ``size`` of :data:`SIZES` (``"smoke"``, ``"small"`` or ``"full"``)."""
+    """The preset ``size`` of :data:`SIZES` (``"smoke"``, ``"small"``, ``"gpu"`` or ``"full"``)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
     return SIZES[size]
