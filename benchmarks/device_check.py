@@ -191,7 +191,10 @@ def plan(out: Path, wheels: Path, smoke: bool, chosen: Sequence[str]) -> list[St
     chapters = Step("chapters", "the GPU size of chapters 8-10 (benchmarks/chapters_gpu.py)")
     chapters.folder = out / "chapters"
     if CHAPTERS_SCRIPT.exists():
-        cmd = _python() + [str(CHAPTERS_SCRIPT), "--out", str(chapters.folder)]
+        # the chapters' results beside the other steps' folders, where the chapters look for
+        # results/<date>-<device>/08_toy_models.json etc.; its own report in its step folder
+        cmd = _python() + [str(CHAPTERS_SCRIPT), "--out", str(out)]
+        cmd += ["--report-dir", str(chapters.folder)]
         chapters.commands = [cmd + (["--smoke"] if smoke else [])]
     else:
         chapters.skip = (
@@ -234,6 +237,8 @@ def run_step(step: Step, deadline: float, log: Path, env: dict[str, str]) -> Non
             if left < MIN_STEP_S:
                 step.status = "stopped: budget" if step.seconds else "not reached: budget spent"
                 break
+            if step.name == "chapters":  # it stops by itself and keeps what finished
+                cmd = [*cmd, "--budget-s", f"{max(left - 15.0, 1.0):.0f}"]
             sink.write("$ " + " ".join(cmd) + "\n")
             sink.flush()
             proc = subprocess.Popen(

@@ -41,7 +41,7 @@ def test_smoke_run_writes_one_folder_with_merged_csv_report_plots_and_parity_log
     with (out / "device_check.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     steps = {row["step"] for row in rows}
-    assert steps == {"connections-d4096", "connections-d2048", "train_step"}
+    assert steps == {"connections-d4096", "connections-d2048", "train_step", "chapters"}
     assert {row["d"] for row in rows if row["step"] == "connections-d4096"} >= {"64"}
     report = (out / "device_check.md").read_text()
     for step in dc.STEP_NAMES:
@@ -77,7 +77,8 @@ def test_a_spent_budget_still_writes_the_report_and_keeps_nothing_half_done(tmp_
     rc = dc.main(["--smoke", "--budget-s", "1", "--out", str(tmp_path)])
     assert rc == 0
     report = (tmp_path / "device_check.md").read_text()
-    assert report.count("| not reached: budget spent |") == 4  # parity, 2 x connections, train_step
+    # parity, 2 x connections, train_step and the chapters
+    assert report.count("| not reached: budget spent |") == 5
     assert "| chapters |" in report and "| wheels |" in report
     assert "not measured" in report
 
@@ -86,9 +87,10 @@ def test_the_chapters_hook_runs_the_script_when_it_exists(tmp_path, monkeypatch)
     script = tmp_path / "chapters_gpu.py"
     script.write_text(
         "import sys, pathlib\n"
-        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir(parents=True)\n"
-        "(out / 'chapters.csv').write_text('chapter,loss\\n8,3.5\\n')\n"
-        "assert '--smoke' in sys.argv\n"
+        "report = pathlib.Path(sys.argv[sys.argv.index('--report-dir') + 1])\n"
+        "report.mkdir(parents=True)\n"
+        "(report / 'chapters.csv').write_text('chapter,loss\\n8,3.5\\n')\n"
+        "assert '--smoke' in sys.argv and '--budget-s' in sys.argv\n"
     )
     monkeypatch.setattr(dc, "CHAPTERS_SCRIPT", script)
     steps = dc.plan(tmp_path / "out", tmp_path / "wheels", True, ["chapters"])
