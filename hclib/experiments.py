@@ -747,12 +747,15 @@ def load_results(folder: Path | str) -> tuple[dict[str, Any], list[dict[str, Any
     return settings, records
 
 
-def newest_results(root: Path | str, name: str, size: str = "full") -> Path | None:
-    """The newest ``<root>/<date>-<device>/<name>/`` whose settings have this ``size``
-    (folders sort by their date prefix), or None."""
+def newest_results(
+    root: Path | str, name: str, size: str | tuple[str, ...] = "full"
+) -> Path | None:
+    """The newest ``<root>/<date>-<device>/<name>/`` whose settings have this ``size`` (or one
+    of these sizes; folders sort by their date prefix), or None."""
+    sizes = (size,) if isinstance(size, str) else tuple(size)
     for settings_file in sorted(Path(root).glob(f"*/{name}/settings.json"), reverse=True):
         settings = json.loads(settings_file.read_text())
-        if settings.get("config", {}).get("size") == size:
+        if settings.get("config", {}).get("size") in sizes:
             return settings_file.parent
     return None
 

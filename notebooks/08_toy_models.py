@@ -692,7 +692,9 @@ print(f"  reproduces: {strict.count(VERDICTS[0])} of {len(strict)}")
 # This does not modify the notebook (`--inplace` would, and the committed notebook must stay
 # at the default size for nbval). It takes hours on one CPU core (the sweep cell above prints
 # the estimate scaled from the default run's time); the sweep uses one worker process per
-# core, so many cores divide that time.
+# core, so many cores divide that time. The GPU size of `benchmarks/chapters_gpu.py` (six seeds,
+# 32 blocks, 500 steps, run beside chapters 9 and 10 by `benchmarks/device_check.py` on a GPU
+# machine's CPU cores) writes the same file; this section shows whichever larger run is newest.
 
 # %%
 RESULTS_NAME = "08_toy_models.json"
@@ -720,20 +722,21 @@ if os.environ.get("HCLIB_RESULTS_DIR"):  # opt-in: save this run's sweep
 
 
 def newest_full_results(root=Path("..") / "results"):
-    """The newest committed full-size sweep of this chapter: (path, settings, rows) or None."""
+    """The newest committed larger sweep of this chapter, at the full size or the GPU size
+    (``benchmarks/chapters_gpu.py``): (path, settings, rows) or None."""
     for path in sorted(root.glob(f"[0-9]*/{RESULTS_NAME}"), reverse=True):  # <date>-<device>/
         settings, full_rows = load_toy_sweep(path)
-        if settings.get("size") == "full":
+        if settings.get("size") in ("full", "gpu"):
             return path, settings, full_rows
     return None
 
 
 full = newest_full_results()
 if full is None:
-    print(f"No full-size results committed yet (results/*/{RESULTS_NAME}); see above.")
+    print(f"No full-size or GPU-size results committed yet (results/*/{RESULTS_NAME}); see above.")
 else:
     path, settings, full_rows = full
-    print(f"full-size results from {path.parent.name}, run on {settings['date']}:")
+    print(f"{settings['size']}-size results from {path.parent.name}, run on {settings['date']}:")
     print(
         f"  d={settings['dim']}, L={settings['depth']}, steps={settings['steps']}, "
         f"batch={settings['batch_size']}, seeds={len(settings['seeds'])}, "
@@ -756,13 +759,17 @@ if full is not None:
     print(markdown_table(full_reproduction))
     print()
     side_by_side = [
-        {"claim": s["claim"], "default size": s["verdict"], "full size": f["verdict"]}
+        {
+            "claim": s["claim"],
+            "default size": s["verdict"],
+            f"{settings['size']} size": f["verdict"],
+        }
         for s, f in zip(reproduction, full_reproduction, strict=True)
     ]
     print(markdown_table(side_by_side))
     fig, ax = plt.subplots(figsize=(7, 4))
     difference_panel(ax, full_rows, loss, "validation loss minus Pre-Norm's (nats)")
-    ax.set_title(f"full size: {full_setting}")
+    ax.set_title(f"{settings['size']} size: {full_setting}")
     ax.legend(fontsize=8, ncol=2)
     plt.show()
     similarity_figure(full_rows, settings["steps"], len(settings["seeds"]))

@@ -58,12 +58,17 @@ if "google.colab" in sys.modules:
 # %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
+
+# Lightning (imported by the training code below) imports tqdm.auto, which warns once
+# in Jupyter without ipywidgets; the chapter's own progress bars are plain text
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from hclib.analysis import (
     adjacent_cosine_similarity,
@@ -737,15 +742,17 @@ print(f"half-width: {(hc_vs_pre.high - hc_vs_pre.low) / 2:.4f} nats")
 # the newest one and puts its verdicts beside the default size's.
 
 # %%
-full_folder = newest_results(Path("..") / "results", "09_small_gpt", size="full")
+# the full size, or the GPU size of benchmarks/chapters_gpu.py: whichever is newest
+full_folder = newest_results(Path("..") / "results", "09_small_gpt", size=("full", "gpu"))
 if full_folder is None:
-    print("No full-size results are committed yet (results/*/09_small_gpt/ with size 'full').")
+    print("No full-size or GPU-size results are committed yet (results/*/09_small_gpt/).")
     print("Produce them on a GPU with: python benchmarks/gpt_experiments.py (see above).")
 else:
     full_settings, full_records = load_results(full_folder)
     full_config = type(config).from_dict(full_settings["config"])
     full_setting = describe(full_config, full_settings.get("corpus"))
-    print(f"full-size results from {full_folder.parent.name}: {full_setting}")
+    full_size = full_settings["config"]["size"]
+    print(f"{full_size}-size results from {full_folder.parent.name}: {full_setting}")
     print(f"{len(full_records)} runs on {full_settings.get('device')}")
 
 # %%
@@ -754,7 +761,7 @@ if full_folder is not None:
     print(markdown_table(full_reproduction))
     print()
     side_by_side = [
-        {"claim": s["claim"], "default size": s["verdict"], "full size": f["verdict"]}
+        {"claim": s["claim"], "default size": s["verdict"], f"{full_size} size": f["verdict"]}
         for s, f in zip(reproduction, full_reproduction, strict=True)
     ]
     print(markdown_table(side_by_side))

@@ -76,6 +76,10 @@ import numpy as np
 import torch
 import yaml
 
+# Lightning (imported by the training code below) imports tqdm.auto, which warns once
+# in Jupyter without ipywidgets; the chapter's own progress bars are plain text
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import hclib
 from hclib.book import book_size, scaled
 from hclib.data import CORPORA, ensure_corpus
@@ -988,28 +992,33 @@ class Logs(dict):
 
 
 def newest_full_results(root=REPO / "results"):
-    """The newest committed full-size runs of this chapter: (folder, description) or None."""
+    """The newest committed larger runs of this chapter, at the full size or the GPU size
+    (``benchmarks/chapters_gpu.py``): (folder, description) or None."""
     for path in sorted(root.glob(f"*/{RESULTS_NAME}/runs.json"), reverse=True):
         description = json.loads(path.read_text())
-        if description.get("size") == "full":
+        if description.get("size") in ("full", "gpu"):
             return path.parent, description
     return None
 
 
 full = newest_full_results()
 if full is None:
-    print(f"No full-size results committed yet (results/*/{RESULTS_NAME}/); see above.")
+    print(f"No full-size or GPU-size results committed yet (results/*/{RESULTS_NAME}/).")
 else:
     full_root, full_description = full
     full_seeds = full_description["seeds"]
     full_logs = Logs(full_root, CONNECTIONS, full_seeds)
-    print(f"full-size results from {full_root.parent.name}: {full_description['device']},")
+    print(
+        f"{full_description['size']}-size results from {full_root.parent.name}: "
+        f"{full_description['device']},"
+    )
     print(f"  {full_description['recipe']}, seeds {full_seeds}, run on {full_description['date']}")
 
 # %% [markdown]
-# When full-size results are present, the next cell draws Figures 10.1 to 10.3 again from them
-# and prints their router statistics, their reproduction table and both sets of verdicts side
-# by side.
+# When full-size results (or the GPU size's of `benchmarks/chapters_gpu.py`, which writes the
+# same files from `configs/moe-gpu.yaml`) are present, the next cell draws Figures 10.1 to 10.3
+# again from them and prints their router statistics, their reproduction table and both sets of
+# verdicts side by side.
 
 # %%
 if full is not None:
@@ -1023,9 +1032,10 @@ if full is not None:
         f"{tokens_per_step(full_logs.folder['residual', full_seeds[0]]):,} tokens"
     )
     full_per_step = tokens_per_step(full_logs.folder["residual", full_seeds[0]])
-    loss_figure(full_logs, full_seeds, full_per_step, f"full size: {FULL_SETTING}")
-    load_figure(full_logs, full_seeds, "full size: expert load over the last third")
-    router_figure(full_logs, full_seeds, "full size: router statistics")
+    full_size = full_description["size"]
+    loss_figure(full_logs, full_seeds, full_per_step, f"{full_size} size: {FULL_SETTING}")
+    load_figure(full_logs, full_seeds, f"{full_size} size: expert load over the last third")
+    router_figure(full_logs, full_seeds, f"{full_size} size: router statistics")
     plt.show()
     print_router_table(full_logs, full_seeds)
     full_reproduction = reproduction_rows(
@@ -1034,7 +1044,7 @@ if full is not None:
     print(markdown_table(full_reproduction))
     print()
     side_by_side = [
-        {"claim": s["claim"], "default size": s["verdict"], "full size": f["verdict"]}
+        {"claim": s["claim"], "default size": s["verdict"], f"{full_size} size": f["verdict"]}
         for s, f in zip(reproduction, full_reproduction, strict=True)
     ]
     print(markdown_table(side_by_side))
