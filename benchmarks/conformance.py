@@ -697,6 +697,22 @@ def peers(quick: bool = False) -> list[Peer]:
         "none (rounding: the peer computes the mappings in float32)",
         "neither (precision)",
     )
+    lucid_mhc_steps = [  # mHC and mHCv2 of hyper-connections differ from hclib alike
+        Step(
+            "norm",
+            "RMSNorm over all n streams at once (the peer normalises each stream), epsilon 0",
+            "mHC Eq. 7 (RMSNorm(vec(x_l)), projection of the flattened nC vector)",
+            "hclib",
+        ),
+        Step(
+            "sinkhorn",
+            "Sinkhorn order on H_res: columns then rows, rows last (the peer normalises "
+            "rows of H_res first and columns last)",
+            "mHC Eq. 9 (M <- T_r(T_c(M)))",
+            "hclib",
+        ),
+        fp64,
+    ]
     return [
         Peer(
             "lucidrains HC",
@@ -730,23 +746,7 @@ def peers(quick: bool = False) -> list[Peer]:
             "lucidrains mHC",
             "hyper-connections",
             "ManifoldHyperConnection",
-            [
-                Step(
-                    "norm",
-                    "RMSNorm over all n streams at once (the peer normalises each stream), "
-                    "epsilon 0",
-                    "mHC Eq. 7 (RMSNorm(vec(x_l)), projection of the flattened nC vector)",
-                    "hclib",
-                ),
-                Step(
-                    "sinkhorn",
-                    "Sinkhorn order on H_res: columns then rows, rows last (the peer normalises "
-                    "rows of H_res first and columns last)",
-                    "mHC Eq. 9 (M <- T_r(T_c(M)))",
-                    "hclib",
-                ),
-                fp64,
-            ],
+            lucid_mhc_steps,
             _build_lucid_mhc,
             _cases("mhc", quick),
             "mhc",
@@ -756,23 +756,7 @@ def peers(quick: bool = False) -> list[Peer]:
             "lucidrains mHCv2",
             "hyper-connections",
             "ManifoldHyperConnection",
-            [
-                Step(
-                    "norm",
-                    "RMSNorm over all n streams at once (the peer normalises each stream), "
-                    "epsilon 0",
-                    "mHC Eq. 7 (RMSNorm(vec(x_l)), projection of the flattened nC vector)",
-                    "hclib",
-                ),
-                Step(
-                    "sinkhorn",
-                    "Sinkhorn order on H_res: columns then rows, rows last (the peer normalises "
-                    "rows of H_res first and columns last)",
-                    "mHC Eq. 9 (M <- T_r(T_c(M)))",
-                    "hclib",
-                ),
-                fp64,
-            ],
+            lucid_mhc_steps,
             lambda case, done, seed: _build_lucid_mhc(case, done, seed, v2=True),
             _cases("mhc", quick),
             "mhc",
