@@ -53,7 +53,7 @@ from hclib.book import results_dir
 from hclib.models.gpt import GPT, GPTConfig
 from hclib.models.wiring import CONNECTIONS
 from hclib.optim import param_groups
-from hclib.stats import VerdictRecord, compare_seeds, markdown_table
+from hclib.stats import VerdictRecord, compare_seeds, markdown_table, records_from_rows
 from hclib.streams import check_count
 from hclib.training.callbacks import probe_connections
 from hclib.training.datamodule import TrainWindows, ValWindows
@@ -964,23 +964,11 @@ def judge_claims(
 def verdict_records(rows: Sequence[dict[str, str]], chapter: str) -> list[VerdictRecord]:
     """The :class:`hclib.stats.VerdictRecord` of every measured row of :func:`judge_claims`
     (rows with :data:`NOT_MEASURED` are left out: they have no verdict)."""
-    records = []
-    for row in rows:
-        if row["verdict"] == NOT_MEASURED:
-            continue
-        seeds = int(row["our number"].rsplit(", ", 1)[1].split()[0])  # "..., 3 seeds"
-        records.append(
-            VerdictRecord(
-                claim=row["claim"],
-                paper=row["paper and figure"],
-                setting=row["our setting"],
-                number=row["our number"],
-                seeds=seeds,
-                verdict=row["verdict"],
-                chapter=chapter,
-            )
-        )
-    return records
+    measured = [row for row in rows if row["verdict"] != NOT_MEASURED]
+    # the seeds are the last words of the number: "..., 3 seeds"
+    return records_from_rows(
+        measured, chapter, lambda row: int(row["our number"].rsplit(", ", 1)[1].split()[0])
+    )
 
 
 def _short_label(connection: str, records: Sequence[dict[str, Any]]) -> str:

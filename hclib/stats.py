@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,6 +53,7 @@ __all__ = [
     "SeedComparison",
     "TOSTResult",
     "VerdictRecord",
+    "records_from_rows",
     "compare_seeds",
     "load_verdicts",
     "markdown_table",
@@ -343,6 +344,31 @@ class VerdictRecord:
         if unknown:
             raise ValueError(f"unknown keys in a verdict record: {sorted(unknown)}")
         return cls(**data)
+
+
+def records_from_rows(
+    rows: Iterable[Mapping[str, str]], chapter: str, seeds: int | Callable[[Mapping], int]
+) -> list[VerdictRecord]:
+    """The :class:`VerdictRecord` of each row of a chapter's reproduction table.
+
+    Args:
+        rows: the table's rows, with the columns ``claim``, ``paper and figure``,
+            ``our setting``, ``our number`` and ``verdict`` (as :func:`markdown_table` prints).
+        chapter: the notebook's stem, e.g. ``"08_toy_models"``.
+        seeds: the paired seeds behind every row, or a function of the row that reads them.
+    """
+    return [
+        VerdictRecord(
+            claim=row["claim"],
+            paper=row["paper and figure"],
+            setting=row["our setting"],
+            number=row["our number"],
+            seeds=seeds(row) if callable(seeds) else seeds,
+            verdict=row["verdict"],
+            chapter=chapter,
+        )
+        for row in rows
+    ]
 
 
 def write_verdicts(

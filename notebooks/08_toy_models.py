@@ -70,10 +70,10 @@ from hclib.models import DeepMLP
 from hclib.plotting import color, use_book_style
 from hclib.stats import (
     VERDICTS,
-    VerdictRecord,
     compare_seeds,
     markdown_table,
     multiplicity,
+    records_from_rows,
     tost,
     write_verdicts,
 )
@@ -610,18 +610,7 @@ print(markdown_table(reproduction))
 verdicts = [row["verdict"] for row in reproduction]
 for verdict in VERDICTS:
     print(f"{verdict:<33}: {verdicts.count(verdict)} of {len(verdicts)}")
-records = [
-    VerdictRecord(
-        claim=row["claim"],
-        paper=row["paper and figure"],
-        setting=row["our setting"],
-        number=row["our number"],
-        seeds=len(SEEDS),
-        verdict=row["verdict"],
-        chapter="08_toy_models",
-    )
-    for row in reproduction
-]
+records = records_from_rows(reproduction, "08_toy_models", seeds=len(SEEDS))
 VERDICT_DIR = Path("..") / "results" / "verdicts"
 if book_size() == "small" and VERDICT_DIR.is_dir():  # the book's own copy, at the default size
     write_verdicts(records, "08_toy_models", VERDICT_DIR)

@@ -88,10 +88,10 @@ from hclib.models.moe import MoE
 from hclib.plotting import PALETTE, color, use_book_style
 from hclib.stats import (
     VERDICTS,
-    VerdictRecord,
     compare_seeds,
     markdown_table,
     multiplicity,
+    records_from_rows,
     write_verdicts,
 )
 from hclib.traffic import hc_activation_elements
@@ -876,18 +876,7 @@ print(
 print(" zero by chance if nothing differed")
 VERDICT_DIR = REPO / "results" / "verdicts"
 if SIZE == "small" and VERDICT_DIR.is_dir():  # the book's own copy, at the default size
-    records = [
-        VerdictRecord(
-            claim=row["claim"],
-            paper=row["paper and figure"],
-            setting=row["our setting"],
-            number=row["our number"],
-            seeds=len(SEEDS),
-            verdict=row["verdict"],
-            chapter="10_moe_llm_with_lightning",
-        )
-        for row in reproduction
-    ]
+    records = records_from_rows(reproduction, "10_moe_llm_with_lightning", seeds=len(SEEDS))
     write_verdicts(records, "10_moe_llm_with_lightning", VERDICT_DIR)
 
 # %% [markdown]

@@ -222,3 +222,26 @@ def test_write_intro_table_replaces_only_the_marked_table(tmp_path):
     write_verdicts([_record(verdict=YES)], "08_toy_models", tmp_path / "v")
     assert write_intro_table(intro, tmp_path / "v", check=True)  # out of date...
     assert intro.read_text() == text  # ...and left as it was
+
+
+def test_records_from_rows_carries_every_column_and_the_seeds():
+    from hclib.stats import VerdictRecord, records_from_rows
+
+    row = {
+        "claim": "HC beats Pre-Norm",
+        "paper and figure": "HC Table 1",
+        "our setting": "toy MLP",
+        "our number": "-0.01 [-0.02, +0.00], 3 seeds",
+        "verdict": "reproduces",
+    }
+    expected = VerdictRecord(
+        claim="HC beats Pre-Norm",
+        paper="HC Table 1",
+        setting="toy MLP",
+        number="-0.01 [-0.02, +0.00], 3 seeds",
+        seeds=3,
+        verdict="reproduces",
+        chapter="08_toy_models",
+    )
+    assert records_from_rows([row], "08_toy_models", seeds=3) == [expected]
+    assert records_from_rows([row], "08_toy_models", seeds=lambda r: 3) == [expected]
