@@ -365,24 +365,19 @@ def launches(n: int, d: int, dtype: str, tokens: int) -> list[Launch]:
                 )
             )
 
-    # mHC's read-out: forward, the log-space redo, backward kernels 1 and 2
+    # mHC's read-out: forward, backward kernels 1 and 2
     mp = manifold_pre
     NP, KP, K = sinkhorn.padded_rate(n), mp._coef_width(n), n * n + 2 * n
     split = dtype == "bf16"
     prec = "tf32x3"
     common = dict(N=n, NP=NP, KP=KP, K=K, ACC=tl.float32)
     phi = "bf16" if split else f32
-    ptr = dict(H=st, PHI=phi, PHI_LO=phi, H0=st, FLAG="i32")
+    ptr = dict(H=st, PHI=phi, PHI_LO=phi, H0=st)
     ptr |= {a: f32 for a in ("BIAS", "ALPHA", "POST", "RES", "Z", "RINV")}
     scal = {"T": T, "D": ("i32", d), "K": ("i32", K), "eps": ("fp32", 1e-6), "iters": ("i32", 20)}
     meta = dict(common, SPLIT=split, PREC=prec, ROUND=False)
     out.append(Launch("mhc_fwd", mp.__name__, "_manifold_pre_fwd", ptr, scal, meta, mp._fwd_tuned))
-    if hasattr(mp, "_manifold_pre_redo"):  # the log-space redo, where the forward has one
-        ptr = dict(Z=f32, BIAS=f32, ALPHA=f32, RES=f32, FLAG="i32")
-        scal = {"T": T, "K": ("i32", K), "iters": ("i32", 20)}
-        meta = dict(N=n, NP=NP, K=K, BT=64)
-        out.append(Launch("mhc_redo", mp.__name__, "_manifold_pre_redo", ptr, scal, meta))
-    ptr = dict(H=st, G_H0=st, FLAG="i32")
+    ptr = dict(H=st, G_H0=st)
     names = ("G_POST", "G_RES", "Z", "RINV", "BIAS", "ALPHA", "PRE", "DZS", "CX", "PART")
     ptr |= {a: f32 for a in names}
     scal = {"T": T, "D": ("i32", d), "K": ("i32", K), "iters": ("i32", 20)}

@@ -56,7 +56,7 @@ writes ``dH``.
 Layout: ``H`` ``(T, n, d)`` contiguous, read as ``(T, n d)`` in pass 1 (coalesced chunks of
 ``BC`` columns) and as one ``(BT, BD)`` tile per stream in pass 2; ``phi`` ``(n d, K)``
 row-major (the forward reads a copy padded to ``(n d, KP)``; ``K`` and ``KP`` are
-constexprs); the saved ``z`` ``(T, K)``, ``r`` ``(T,)`` and the log-space flag in float32
+constexprs); the saved ``z`` ``(T, K)`` and ``r`` ``(T,)`` in float32
 (float64 when the module or the input is float64). Matmuls accumulate in float32: on a GPU a
 bf16 state meets ``phi`` split into two bf16 halves (``phi = hi + lo``, about 16 mantissa
 bits; the halves are cached with the weight and remade only when its version changes), a
@@ -86,9 +86,8 @@ from hclib.kernels.ops import registered
 from hclib.kernels.sinkhorn import (
     backward_segment,
     padded_rate,
-    sinkhorn_tile,
     sinkhorn_tile_backward,
-    sinkhorn_tile_log,
+    sinkhorn_tile_exact,
 )
 
 __all__ = [
@@ -155,7 +154,6 @@ def _manifold_pre_fwd(
     RES,  # (T, N, N) out, ACC
     Z,  # (T, K) out, ACC: RMSNorm(x) phi, saved for backward
     RINV,  # (T,) out, ACC: 1 / rms, saved for backward
-    FLAG,  # (1,) int32 out: 1 if Sinkhorn underflowed for some token
     T,
     D,
     K: tl.constexpr,
@@ -210,12 +208,10 @@ def _manifold_pre_fwd(
     valid = (i_ok[:, None] & (j < N)[None, :])[None, :, :]  # (1, NP, NP)
     pre = tl.where(ti_ok, _sigmoid(l_pre), 0.0)  # (BT, NP)
     post = 2.0 * _sigmoid(l_post)
-    res, bad = sinkhorn_tile(l_res, valid, iters)  # (BT, NP, NP), (BT,)
+    res = sinkhorn_tile_exact(l_res, valid, iters)  # (BT, NP, NP), every token on its own
     tl.store(POST + t[:, None] * N + i[None, :], post, mask=ti_ok)
     tij = t[:, None, None] * (N * N) + i[None, :, None] * N + j[None, None, :]
     tl.store(RES + tij, res, mask=t_ok[:, None, None] & valid)
-    if tl.max(tl.where(t_ok, bad, 0), axis=0) > 0:
-        tl.atomic_max(FLAG, 1)  # the redo kernel recomputes every token in log space
 
     # pass 2: h0 = sum_i pre_i H_i, the same token block again (from L2 when it is still there);
     # one (BT, BD) tile per stream keeps the registers to two such tiles
@@ -235,34 +231,6 @@ def _manifold_pre_fwd(
 
 
 @triton.jit
-def _manifold_pre_redo(
-    Z,
-    BIAS,
-    ALPHA,
-    RES,
-    FLAG,
-    T,
-    K: tl.constexpr,
-    iters,
-    N: tl.constexpr,
-    NP: tl.constexpr,
-    BT: tl.constexpr,
-):
-    """If the forward raised the flag, recompute ``res`` of every token in log space."""
-    if tl.load(FLAG) > 0:
-        t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
-        t_ok = t < T
-        _, _, _, _, _, l_res = _logits(Z, BIAS, ALPHA, t, t_ok, K, N, NP)
-        i = tl.arange(0, NP)
-        j = tl.arange(0, NP)
-        valid = ((i < N)[:, None] & (j < N)[None, :])[None, :, :]
-        res = sinkhorn_tile_log(l_res, valid, iters)
-        tij = t[:, None, None] * (N * N) + i[None, :, None] * N + j[None, None, :]
-        tl.store(RES + tij, res, mask=t_ok[:, None, None] & valid)
-
-
-# ----------------------------------------------------------------------------- backward
-@triton.jit
 def _manifold_pre_bwd_coef(
     H,  # (T, N, D)
     G_H0,  # (T, D) gradient of h0
@@ -272,7 +240,6 @@ def _manifold_pre_bwd_coef(
     RINV,  # (T,) saved
     BIAS,  # (K,)
     ALPHA,  # (3,)
-    FLAG,  # (1,) saved
     PRE,  # (T, N) out: pre, for kernel 2
     DZS,  # (T, KP) out, zero-filled: r dz
     CX,  # (T,) out: -<dz, z> r^2 / (N D), the coefficient of x in dH
@@ -320,7 +287,7 @@ def _manifold_pre_bwd_coef(
     g_res = tl.load(G_RES + tij, mask=tij_ok, other=0.0)
     dl_pre = tl.where(ti_ok, g_pre * s_pre * (1.0 - s_pre), 0.0)  # (BT, NP)
     dl_post = tl.where(ti_ok, g_post * 2.0 * s_post * (1.0 - s_post), 0.0)
-    dl_res = sinkhorn_tile_backward(l_res, valid, g_res, iters, segment, tl.load(FLAG) > 0)
+    dl_res = sinkhorn_tile_backward(l_res, valid, g_res, iters, segment)
     dl_res = tl.where(tij_ok, dl_res, 0.0)  # (BT, NP, NP)
     dz_pre = tl.load(ALPHA) * dl_pre
     dz_post = tl.load(ALPHA + 1) * dl_post
@@ -596,9 +563,9 @@ def manifold_pre_forward(
         eps: the RMSNorm's epsilon; iters: Sinkhorn-Knopp rounds.
 
     Returns:
-        ``(h0, post, res, z, rinv, flag)``: ``h0`` ``(T, d)`` in the dtype of ``H``; ``post``
+        ``(h0, post, res, z, rinv)``: ``h0`` ``(T, d)`` in the dtype of ``H``; ``post``
         ``(T, n)``, ``res`` ``(T, n, n)``, ``z`` ``(T, K)``, ``rinv`` ``(T,)`` in the compute
-        dtype; ``flag`` ``(1,)`` int32, 1 when Sinkhorn ran in log space.
+        dtype.
     """
     T, n, d = H.shape
     K, acc = phi.shape[1], phi.dtype
@@ -608,13 +575,12 @@ def manifold_pre_forward(
     res = torch.empty((T, n, n), dtype=acc, device=dev)
     z = torch.empty((T, K), dtype=acc, device=dev)
     rinv = torch.empty((T,), dtype=acc, device=dev)
-    flag = torch.zeros((1,), dtype=torch.int32, device=dev)
     if T == 0:
-        return h0, post, res, z, rinv, flag
+        return h0, post, res, z, rinv
     NP, KP = padded_rate(n), _coef_width(n)
     split, prec = _precision(H, acc)
     phi_hi, phi_lo = _phi_operands(phi, KP, split)
-    args = (H, phi_hi, phi_lo, bias, alpha, h0, post, res, z, rinv, flag, T, d, K, eps, iters)
+    args = (H, phi_hi, phi_lo, bias, alpha, h0, post, res, z, rinv, T, d, K, eps, iters)
     cpu = {
         "BT": 16,
         "BC": min(256, max(16, triton.next_power_of_2(n * d))),
@@ -637,9 +603,8 @@ def manifold_pre_forward(
         ACC=_acc(acc),
         ROUND=_round_in_kernel(H),
     )
-    # no second (log-space) Sinkhorn pass: the tile iterates on log M for every token and never
-    # raises the flag (hclib.kernels.sinkhorn)
-    return h0, post, res, z, rinv, flag
+    # one pass: the Sinkhorn tile iterates on log M for every token (hclib.kernels.sinkhorn)
+    return h0, post, res, z, rinv
 
 
 def manifold_pre_backward(
@@ -653,7 +618,6 @@ def manifold_pre_backward(
     alpha: torch.Tensor,
     z: torch.Tensor,
     rinv: torch.Tensor,
-    flag: torch.Tensor,
     iters: int,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the two backward kernels (shapes and dtypes of :func:`manifold_pre_forward`).
@@ -692,7 +656,7 @@ def manifold_pre_backward(
         _manifold_pre_bwd_coef,
         _coef_tuned,
         lambda meta: (triton.cdiv(T, meta["BT"]),),
-        (H, g_h0, g_post, g_res, z, rinv, bias, alpha, flag, pre, dzs, cx, part)
+        (H, g_h0, g_post, g_res, z, rinv, bias, alpha, pre, dzs, cx, part)
         + (T, d, K, iters, backward_segment(iters)),
         _tuned(H, acc),
         cpu1,
@@ -750,17 +714,17 @@ class ManifoldPre(torch.autograd.Function):
         phi_c = phi.to(acc).contiguous()
         bias_c = bias.to(acc).contiguous()
         alpha = torch.cat([a.reshape(1) for a in (alpha_pre, alpha_post, alpha_res)]).to(acc)
-        h0, post, res, z, rinv, flag = manifold_pre_forward(H, phi_c, bias_c, alpha, eps, iters)
-        ctx.save_for_backward(H, phi_c, bias_c, alpha, z, rinv, flag)
+        h0, post, res, z, rinv = manifold_pre_forward(H, phi_c, bias_c, alpha, eps, iters)
+        ctx.save_for_backward(H, phi_c, bias_c, alpha, z, rinv)
         ctx.iters = iters
         ctx.dtypes = (phi.dtype, bias.dtype, alpha_pre.dtype, alpha_post.dtype, alpha_res.dtype)
         return h0, post, res, H.view_as(H)
 
     @staticmethod
     def backward(ctx, g_h0, g_post, g_res, g_pass):
-        H, phi, bias, alpha, z, rinv, flag = ctx.saved_tensors
+        H, phi, bias, alpha, z, rinv = ctx.saved_tensors
         g_H, g_phi, g_bias, g_alpha = manifold_pre_backward(
-            g_h0, g_post, g_res, g_pass, H, phi, bias, alpha, z, rinv, flag, ctx.iters
+            g_h0, g_post, g_res, g_pass, H, phi, bias, alpha, z, rinv, ctx.iters
         )
         t_phi, t_bias, t_pre, t_post, t_res = ctx.dtypes
         return (

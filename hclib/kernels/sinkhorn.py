@@ -60,7 +60,6 @@ __all__ = [
     "sinkhorn_backward",
     "sinkhorn_forward",
     "sinkhorn_knopp",
-    "sinkhorn_tile",
     "sinkhorn_tile_backward",
     "sinkhorn_tile_exact",
 ]
@@ -117,25 +116,7 @@ def sinkhorn_tile_exact(x, valid, iters):
 
 
 @triton.jit
-def sinkhorn_tile(x, valid, iters):
-    """``(SK(x), bad)``: :func:`sinkhorn_tile_exact` and a ``(BLOCK_T,)`` int32 zero.
-
-    ``bad`` is kept for callers written for the old exp-space tile, which flagged tokens that
-    underflowed; the log-space rounds never need a second pass, so it is always 0.
-    """
-    M = sinkhorn_tile_exact(x, valid, iters)
-    zero = tl.max(tl.max(tl.zeros_like(M), axis=2), axis=1).to(tl.int32)
-    return M, zero
-
-
-@triton.jit
-def sinkhorn_tile_log(x, valid, iters):
-    """:func:`sinkhorn_tile_exact` (the old name of the log-space pass)."""
-    return sinkhorn_tile_exact(x, valid, iters)
-
-
-@triton.jit
-def sinkhorn_tile_backward(x, valid, g, iters, segment, log_space):
+def sinkhorn_tile_backward(x, valid, g, iters, segment):
     """Vector-Jacobian product of SK: ``dx`` ``(BLOCK_T, NP, NP)`` for the output gradient ``g``.
 
     Steps back through the rounds on ``L = log M``. With ``Lc = T_c(L)`` and ``Lr = T_r(Lc)``,
@@ -146,8 +127,7 @@ def sinkhorn_tile_backward(x, valid, g, iters, segment, log_space):
     segment, last first, its first iterate is recomputed from ``x`` and kept as a checkpoint,
     and each iterate inside it from the checkpoint. That is about ``iters^1.5`` rounds in all
     (70 for ``iters = 20``, ``segment = 5``) instead of the ``iters^2 / 2`` of recomputing
-    every iterate from ``x``, for one extra tile. ``log_space`` is ignored (kept for callers
-    of the old tile, which had two spaces).
+    every iterate from ``x``, for one extra tile.
     """
     pad_columns, pad_rows = _padding(valid)
     segments = tl.cdiv(iters, segment)
@@ -202,7 +182,7 @@ def _sinkhorn_backward_kernel(
     offsets, valid, mask = _tile_offsets(tl.program_id(0), T, n, NP, BLOCK_T)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     g = tl.load(g_ptr + offsets, mask=mask, other=0.0)
-    dx = sinkhorn_tile_backward(x, valid, g, iters, segment, False)
+    dx = sinkhorn_tile_backward(x, valid, g, iters, segment)
     tl.store(dx_ptr + offsets, dx, mask=mask)
 
 
