@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "connections.py"
 
 
-bench = load_script("connections", "bench_connections")
+bench = load_script("connections")
 
 
 @pytest.mark.slow

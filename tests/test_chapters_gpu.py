@@ -16,7 +16,7 @@ from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "chapters_gpu.py"
-cg = load_script("chapters_gpu", "bench_chapters_gpu")
+cg = load_script("chapters_gpu")
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "conformance.py"
 
 
-conf = load_script("conformance", "bench_conformance")
+conf = load_script("conformance")
 
 # (kind, n or m, d, depth)
 SELF_CASES = [

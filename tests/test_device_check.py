@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.py"
 
 
-dc = load_script("device_check", "bench_device_check")
+dc = load_script("device_check")
 
 
 @pytest.mark.slow

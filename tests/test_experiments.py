@@ -449,8 +449,6 @@ def test_script_refuses_the_full_size_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="found no CUDA device"):
-        load_script("gpt_experiments", "gpt_experiments_script").main([])
+        load_script("gpt_experiments").main([])
     with pytest.raises(SystemExit):
-        load_script("gpt_experiments", "gpt_experiments_script").parse_args(
-            ["--connections", "residual,dense"]
-        )
+        load_script("gpt_experiments").parse_args(["--connections", "residual,dense"])
