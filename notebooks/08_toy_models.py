@@ -681,9 +681,10 @@ print(f"  reproduces: {strict.count(VERDICTS[0])} of {len(strict)}")
 # This does not modify the notebook (`--inplace` would, and the committed notebook must stay
 # at the default size for nbval). It takes hours on one CPU core (the sweep cell above prints
 # the estimate scaled from the default run's time); the sweep uses one worker process per
-# core, so many cores divide that time. The GPU size of `benchmarks/chapters_gpu.py` (six seeds,
-# 32 blocks, 500 steps, run beside chapters 9 and 10 by `benchmarks/device_check.py` on a GPU
-# machine's CPU cores) writes the same file; this section shows whichever larger run is newest.
+# core, so many cores divide that time. The GPU size of `benchmarks/chapters_gpu.py` (more seeds,
+# blocks and steps than the default, run beside chapters 9 and 10 by
+# `benchmarks/device_check.py` on a GPU machine's CPU cores; its `--dry-run` prints the
+# settings) writes the same file; this section shows whichever larger run is newest.
 
 # %%
 RESULTS_NAME = "08_toy_models.json"
