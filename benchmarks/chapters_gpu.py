@@ -85,6 +85,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from hclib.toy import SWEEP_SIZES, SweepSize, sweep_configs  # noqa: E402
+
 TOY_NAME = "08_toy_models.json"
 GPT_NAME = "09_small_gpt"
 MOE_NAME = "10_moe_llm_with_lightning"
@@ -92,31 +94,13 @@ MOE_RECIPE = ROOT / "configs" / "moe-gpu.yaml"
 MOE_CONNECTIONS = ("residual", "hc", "fc", "mhc")  # chapter 10's, in its order
 CORPUS = "shakespeare-byte"  # chapters 9 and 10 at the gpu size
 #: toy-sweep processes on the GPU machine's 16 cores: the rest feed the GPU
-TOY_WORKERS = 12
+TOY_WORKERS = SWEEP_SIZES["gpu"].workers
 #: seconds kept back from the budget to write the results
 RESERVE_S = 5.0
 
 
-@dataclass(frozen=True)
-class ToySize:
-    """Chapter 8's sweep settings (the chapter's DIM, DEPTH, STEPS, BATCH, N_TRAIN, SEEDS)."""
-
-    dim: int
-    depth: int
-    steps: int
-    batch_size: int
-    n_train: int
-    seeds: tuple[int, ...]
-    workers: int
-    lr: float = 1e-3  # train_toy's default, the chapter's
-
-
-TOY_SIZES = {
-    # the default size is d 64, L 16, 120 steps of 128, 8192 examples, 3 seeds; the full
-    # size d 64, L 32, 1000 steps of 256, 65536 examples, 5 seeds
-    "gpu": ToySize(64, 32, 500, 256, 65_536, tuple(range(6)), TOY_WORKERS),
-    "smoke": ToySize(16, 4, 8, 32, 512, (0, 1, 2), 2),
-}
+#: chapter 8's sweep sizes (hclib.toy.SWEEP_SIZES: "gpu" here, "smoke" for --smoke)
+TOY_SIZES = SWEEP_SIZES
 MOE_SEEDS = {"gpu": (0, 1, 2), "smoke": (0, 1)}
 #: command-line overrides of configs/moe-gpu.yaml at the smoke size (CPU, toy widths)
 MOE_SMOKE = [
@@ -138,18 +122,7 @@ MOE_SMOKE = [
 ]  # fmt: skip
 
 
-def toy_configs() -> dict[str, dict[str, Any]]:
-    """Chapter 8's 14 configurations, by name, in the chapter's order."""
-    configs: dict[str, dict[str, Any]] = {
-        "Pre-Norm": dict(norm="pre"),
-        "Post-Norm": dict(norm="post"),
-    }
-    for dynamic, kind in ((False, "S"), (True, "D")):
-        for n in (1, 2, 4, 8):
-            configs[f"{kind}HC n={n}"] = dict(connection="hc", n=n, dynamic=dynamic)
-        for m in (2, 4):
-            configs[f"{kind}FC m={m}"] = dict(connection="fc", m=m, dynamic=dynamic)
-    return configs
+toy_configs = sweep_configs  # chapter 8's 14 configurations, in the chapter's order
 
 
 def gpt_config(size: str):
@@ -205,7 +178,7 @@ class CostModel:
     #: what the three chapters together should take
     target_s: float = 180.0
 
-    def toy_run(self, toy: ToySize) -> float:
+    def toy_run(self, toy: SweepSize) -> float:
         return toy.depth * toy.steps * (self.toy_a + self.toy_b * toy.batch_size) + self.toy_run_s
 
     def arithmetic(self, flops: float) -> float:

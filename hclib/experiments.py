@@ -6,14 +6,16 @@ each run with a few seeds, and judges the papers' claims from the spread. This m
 what the chapter and its full-size script (``benchmarks/gpt_experiments.py``) share:
 
 * :class:`ExperimentConfig` and :func:`experiment_config`: the sizes, ``"smoke"`` (tests),
-  ``"small"`` (the book's CPU default), ``"gpu"`` (about a minute and a half of one H100,
+  ``"small"`` (the book's CPU default), ``"medium"`` (about 40 minutes of 2 CPU cores,
+  ``benchmarks/chapters_medium.py``), ``"gpu"`` (about a minute and a half of one H100,
   ``benchmarks/chapters_gpu.py``) and ``"full"`` (one GPU, documented in the chapter);
-* :func:`train_gpt`: one run, a plain PyTorch loop (AdamW with :func:`hclib.param_groups`,
-  warmup and cosine, gradient clipping) that records the training loss and gradient norm of
+* :func:`train_gpt`: one run through ``hclib.training`` (Lightning's ``Trainer`` with
+  :class:`hclib.training.GPTModule`, the trainer of ``python -m hclib.train``), with the
+  callbacks of :mod:`hclib.training.runs` recording the training loss and gradient norm of
   every step, the validation loss, the connections' diagnostics over training
   (:func:`hclib.training.probe_connections`: Amax gains, adjacent-layer similarity, the
   unfolded connection matrix), tokens per second and memory; it can stop at a deadline and
-  resume from a checkpoint, step for step;
+  resume from Lightning's checkpoint, step for step;
 * :func:`run_experiments`: every (connection, seed), each run saved as JSON when it ends;
 * :func:`write_results`, :func:`load_results`, :func:`newest_results`: the results folder
   ``results/<date>-<device>/<name>/`` (``settings.json``, ``runs/*.json``, ``summary.csv``,
@@ -33,13 +35,15 @@ Derived in: notebooks/09_small_gpt.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import platform
-import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +56,10 @@ from torch import nn
 from hclib.book import results_dir
 from hclib.models.gpt import GPT, GPTConfig
 from hclib.models.wiring import CONNECTIONS
-from hclib.optim import param_groups
 from hclib.stats import VerdictRecord, compare_seeds, markdown_table, records_from_rows
 from hclib.streams import check_count
-from hclib.training.callbacks import probe_connections
-from hclib.training.datamodule import TrainWindows, ValWindows
+from hclib.training.datamodule import TrainWindows
 from hclib.training.flops import flops_per_token
-from hclib.training.schedule import WarmupCosine
 
 __all__ = [
     "AUTO_CORPORA",
@@ -123,7 +124,7 @@ class ExperimentConfig:
     on the same number of tokens, ``steps * batch_size * block_size``.
     """
 
-    size: str  #: "smoke", "small", "full" or a name of your own
+    size: str  #: "smoke", "small", "medium", "gpu", "full" or a name of your own
     corpus: str  #: a corpus name of hclib.data, or "auto" (the first built of AUTO_CORPORA)
     d_model: int  #: model width d
     n_layer: int  #: transformer blocks (2 connections each)
@@ -141,7 +142,7 @@ class ExperimentConfig:
     m: int = 4  #: fractions of FC
     dynamic: bool = True  #: dynamic HC and FC (the papers' default)
     tie_embeddings: bool = True  #: share the token embedding with the output layer
-    eval_every: int = 50  #: steps between validation losses (and at the last step)
+    eval_every: int = 50  #: steps between validation losses; must divide steps (the last one)
     eval_windows: int = 64  #: validation windows (evenly spaced over the val split)
     probe_every: int = 50  #: steps between connection probes (and at steps 0 and last)
     probe_windows: int = 4  #: validation windows in the probe batch
@@ -153,6 +154,11 @@ class ExperimentConfig:
             check_count(getattr(self, name), name, "units")
         for name in ("eval_every", "eval_windows", "probe_every", "probe_windows"):
             check_count(getattr(self, name), name, "units")
+        if self.steps % self.eval_every:
+            raise ValueError(
+                f"eval_every={self.eval_every} must divide steps={self.steps}: the last step is "
+                "validated (the final validation loss)"
+            )
         if not self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
         unknown = [c for c in self.connections if c not in VARIANTS]
@@ -257,6 +263,28 @@ SIZES: dict[str, ExperimentConfig] = {
         connections=(*CONNECTIONS, "hc-n1"),
         seeds=(0, 1, 2),
     ),
+    # 2 CPU cores, about 40 minutes (benchmarks/chapters_medium.py, two runs at a time): twice
+    # the width and 1.5 times the depth of the small size, 24 times its tokens (1.2M per run,
+    # about a quarter of a pass over Shakespeare), four seeds
+    "medium": ExperimentConfig(
+        size="medium",
+        corpus="shakespeare-byte",
+        d_model=128,
+        n_layer=6,
+        n_head=4,
+        block_size=128,
+        batch_size=16,
+        steps=600,
+        lr=2e-3,
+        warmup_steps=40,
+        tie_embeddings=False,  # as at the small size
+        eval_every=100,
+        eval_windows=64,
+        probe_every=100,
+        probe_windows=4,
+        connections=(*CONNECTIONS, "hc-n1"),
+        seeds=(0, 1, 2, 3),
+    ),
     # one H100/H200, chapters 8-10 together in about three minutes
     # (benchmarks/chapters_gpu.py): 10.6M parameters in the blocks, 4.9M tokens per run (about
     # one pass over Shakespeare's 4.6M training bytes), every run three seeds; the estimate
@@ -294,7 +322,7 @@ SIZES: dict[str, ExperimentConfig] = {
         lr=1e-3,
         warmup_steps=300,
         tie_embeddings=False,  # as at the small size
-        eval_every=250,
+        eval_every=200,
         eval_windows=256,
         probe_every=250,
         probe_windows=8,
@@ -305,7 +333,8 @@ SIZES: dict[str, ExperimentConfig] = {
 
 
 def experiment_config(size: str) -> ExperimentConfig:
-    """The preset ``size`` of :data:`SIZES` (``"smoke"``, ``"small"``, ``"gpu"`` or ``"full"``)."""
+    """The preset ``size`` of :data:`SIZES` (``"smoke"``, ``"small"``, ``"medium"``, ``"gpu"`` or
+    ``"full"``)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
     return SIZES[size]
@@ -388,38 +417,29 @@ def saved_activation_bytes(
     return sum(storages.values())
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-@torch.no_grad()
-def _val_loss(model: GPT, val: ValWindows, batch_size: int, device: torch.device) -> float:
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(val), batch_size):
-        rows = [val[j] for j in range(start, min(start + batch_size, len(val)))]
-        x = torch.stack([r[0] for r in rows]).to(device)  # (b, T)
-        y = torch.stack([r[1] for r in rows]).to(device)
-        with _autocast(device):
-            logits, _ = model(x)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        total += loss.item() * len(rows)
-        count += len(rows)
-    model.train(was_training)
-    return total / count
-
-
-def _probe(model: GPT, idx: torch.Tensor) -> dict[str, Any]:
-    return {k: v.tolist() for k, v in probe_connections(model, idx).items()}
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def gpt_module(config: ExperimentConfig, connection: str, vocab_size: int):
+    """The :class:`hclib.training.GPTModule` of run ``connection`` (a key of :data:`VARIANTS`):
+    :meth:`ExperimentConfig.model_config`'s GPT with the experiment's optimiser settings.
+    Seed first (``torch.manual_seed``) for the run's initial weights."""
+    from hclib.training.module import GPTModule
+
+    cfg = config.model_config(connection, vocab_size)
+    model_fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    model_fields["moe_layers"] = list(model_fields.get("moe_layers") or [])
+    return GPTModule(
+        **model_fields,
+        lr=config.lr,
+        min_lr_ratio=config.min_lr_ratio,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        betas=config.betas,
+    )
 
 
 def train_gpt(
@@ -436,17 +456,22 @@ def train_gpt(
 ) -> TrainedGPT | None:
     """Train one GPT of ``config`` with connection ``connection`` from ``seed``, and measure it.
 
-    The loop (chapter 9 writes it out by hand and checks it against this function)::
+    The run is Lightning's (``pl.Trainer`` with :class:`hclib.training.GPTModule` and
+    :class:`hclib.training.CorpusDataModule`, the trainer of ``python -m hclib.train``), plus
+    the callbacks :class:`hclib.training.runs.RunRecord` (the measurements) and
+    :class:`hclib.training.runs.StopAndResume` (checkpoints). What it computes is this loop,
+    which chapter 9 writes out by hand and checks against this function::
 
         torch.manual_seed(seed); model = GPT(config.model_config(connection, vocab))
         AdamW(param_groups(model, weight_decay), lr, betas), LambdaLR(WarmupCosine(...))
         for step in range(steps):
             x, y = TrainWindows(train, T, B, seed).batch(step)      # (B, T) each
-            loss = model(x, y); backward; clip_grad_norm_; optimizer and schedule step
+            loss = model(x, y); backward
+            clip_grad_norm_(the optimizer's parameters, grad_clip); optimizer and schedule step
 
     Under one seed every connection starts from the same branch weights and sees the same
-    batches, so differences between connections are paired. On CUDA the forward passes run
-    under bfloat16 autocast; on the CPU in float32.
+    batches, so differences between connections are paired. On CUDA the run is
+    ``bf16-mixed``; on the CPU ``32-true``.
 
     Args:
         config: sizes and optimisation (:func:`experiment_config`).
@@ -455,11 +480,11 @@ def train_gpt(
         seed: seeds the initial weights and the order of the training windows.
         corpus: a :class:`hclib.data.Corpus` (its ``vocab_size``, ``train`` and ``val``).
         device: where to train (None: CUDA if available, else the CPU).
-        checkpoint: a file to resume from if it exists, and to save to every
-            ``checkpoint_every`` steps and when stopped by ``stop_at``; deleted at the end.
+        checkpoint: a Lightning checkpoint file to resume from if it exists, and to save to
+            every ``checkpoint_every`` steps and when stopped by ``stop_at``; deleted at the end.
         stop_at: a ``time.monotonic()`` deadline: past it, the run saves its checkpoint and
-            returns None (run it again with the same arguments to continue).
-        progress: print a line every ``eval_every`` steps.
+            returns None (run it again with the same arguments to continue, step for step).
+        progress: print a line at every validation.
 
     Returns:
         :class:`TrainedGPT` ``(record, model)``, or None if stopped at ``stop_at``. The record
@@ -472,157 +497,123 @@ def train_gpt(
         ``final`` (the last probe, with the connection matrix), ``tokens_per_s`` (training
         steps only, after the first few), ``activation_bytes_per_token``
         (:func:`saved_activation_bytes`), ``peak_memory_mib`` (CUDA only, else None),
-        ``device`` and ``seconds``.
+        ``device``, ``trainer`` (``"lightning <version>"``) and ``seconds``.
     """
+    import pytorch_lightning as pl  # the train extra
+
+    from hclib.training.datamodule import CorpusDataModule
+    from hclib.training.runs import RunRecord, StopAndResume
+
     if connection not in VARIANTS:
         raise ValueError(f"connection must be one of {tuple(VARIANTS)}, got {connection!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    started = time.perf_counter()
     torch.manual_seed(seed)
-    cfg = config.model_config(connection, int(corpus.vocab_size))
-    model = GPT(cfg).to(device)
-    groups = param_groups(model, config.weight_decay)
-    for group in groups:
-        group.pop("names")  # AdamW takes params and options only
-    groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+    module = gpt_module(config, connection, int(corpus.vocab_size))
+    data = CorpusDataModule(
+        corpus,
+        block_size=config.block_size,
+        batch_size=config.batch_size,
+        val_batches=-(-config.eval_windows // config.batch_size),
+        seed=seed,
     )
-    train = TrainWindows(corpus.train, config.block_size, config.batch_size, seed=seed)
-    val = ValWindows(corpus.val, config.block_size, config.eval_windows)
-    probe = torch.stack([val[j][0] for j in range(min(config.probe_windows, len(val)))])
-    probe = probe.to(device)  # (probe_windows, T)
-
-    record: dict[str, Any] = {
+    cfg = module.cfg
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    resume = checkpoint is not None and checkpoint.exists()
+    recorder = RunRecord(
+        config.probe_every,
+        config.probe_windows,
+        untimed=min(5, config.steps // 4),  # first steps: allocation, kernel compilation
+        label=f"{run_label(cfg)} seed {seed}",
+        progress=progress,
+    )
+    stopper = StopAndResume(
+        checkpoint if checkpoint is not None else Path("unused.ckpt"),
+        every=checkpoint_every if checkpoint is not None else 0,
+        stop_at=stop_at if checkpoint is not None else None,
+        val_every=config.eval_every,
+    )
+    extra: dict[str, Any] = {}
+    if not resume:
+        module.to(device)
+        x, y, _ = TrainWindows(corpus.train, config.block_size, config.batch_size, seed).batch(0)
+        with _autocast(device):
+            bytes_ = saved_activation_bytes(module.model, x.to(device), y.to(device))
+        extra["activation_bytes_per_token"] = bytes_ / x.numel()
+        module.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=[device.index or 0] if device.type == "cuda" else 1,
+            precision="bf16-mixed" if device.type == "cuda" else "32-true",
+            max_steps=config.steps,
+            val_check_interval=config.eval_every,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
+            gradient_clip_algorithm="norm",
+            callbacks=[recorder, stopper],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(checkpoint.parent) if checkpoint is not None else None,
+        )
+        trainer.fit(module, data, ckpt_path=str(checkpoint) if resume else None)
+    record = dict(recorder.record)
+    seconds = recorder.seconds  # this call's and, after a resume, the earlier calls'
+    if stopper.stopped:  # the checkpoint holds the record, its time included
+        return None
+    if "activation_bytes_per_token" not in record:  # a fresh run (a resumed one has it)
+        record.update(extra)
+    timed = record.pop("timed_seconds")
+    tokens = record.pop("timed_tokens")
+    result = {
         "connection": connection,
         "kind": cfg.connection,
         "label": run_label(cfg),
         "seed": int(seed),
-        "params": model.num_params(),
-        "params_total": model.num_params(exclude_embedding=False),
-        "flops_per_token": flops_per_token(model, config.block_size),
+        "params": module.model.num_params(),
+        "params_total": module.model.num_params(exclude_embedding=False),
+        "flops_per_token": flops_per_token(module.model, config.block_size),
         "tokens": config.tokens,
-        "train_loss": [],
-        "grad_norm": [],
-        "val_step": [],
-        "val_loss": [],
-        "probe_step": [],
-        **{key: [] for key in _PROBE_CURVES},
-        "timed_tokens": 0,
-        "timed_seconds": 0.0,
-        "seconds": 0.0,
+        **record,
+        "tokens_per_s": tokens / timed if timed else None,
+        "peak_memory_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "device": _device_name(device),
+        "trainer": f"lightning {pl.__version__}",
+        "seconds": seconds,
     }
-    first = 0
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-
-    def save(step: int) -> None:  # the record's seconds include this segment
-        if checkpoint is not None:
-            seconds = record["seconds"]
-            record["seconds"] = seconds + time.perf_counter() - started
-            _save_checkpoint(checkpoint, model, optimizer, schedule, record, step)
-            record["seconds"] = seconds
-
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        record, first = state["record"], state["step"]
-    else:
-        x, y, _ = train.batch(0)
-        with _autocast(device):
-            bytes_ = saved_activation_bytes(model, x.to(device), y.to(device))
-        record["activation_bytes_per_token"] = bytes_ / x.numel()
-        model.zero_grad(set_to_none=True)
-        _add_probe(record, 0, _probe(model, probe))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    untimed = min(5, config.steps // 4)  # first steps: allocation, kernel compilation
-    model.train()
-    for step in range(first, config.steps):
-        if stop_at is not None and time.monotonic() > stop_at and step > first:
-            save(step)
-            return None
-        tick = time.perf_counter()
-        x, y, _ = train.batch(step)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device):
-            _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = config.grad_clip if config.grad_clip > 0 else math.inf  # inf: measure only
-        norm = nn.utils.clip_grad_norm_(model.parameters(), clip)  # the norm before clipping
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()  # waits for the device: the step's time ends here
-        if step >= untimed:
-            record["timed_seconds"] += time.perf_counter() - tick
-            record["timed_tokens"] += x.numel()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"{connection} seed {seed}: the training loss became {loss_value} at step {step}"
-            )
-        record["train_loss"].append(loss_value)
-        record["grad_norm"].append(float(norm))
-        done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
-            record["val_step"].append(done)
-            record["val_loss"].append(_val_loss(model, val, config.batch_size, device))
-            if progress:
-                print(
-                    f"{record['label']} seed {seed}: step {done}/{config.steps}, "
-                    f"val loss {record['val_loss'][-1]:.4f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        if done % config.probe_every == 0 or done == config.steps:
-            _add_probe(record, done, _probe(model, probe))
-        if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
-            save(done)
-
-    final = _probe(model, probe)
-    record["final"] = final
-    rate = record["timed_tokens"] / record["timed_seconds"] if record["timed_seconds"] else None
-    record["tokens_per_s"] = rate
-    record["peak_memory_mib"] = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    )
-    record["device"] = _device_name(device)
-    record["seconds"] += time.perf_counter() - started
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
-    return TrainedGPT(record, model)
+    return TrainedGPT(result, module.model)
 
 
-_PROBE_CURVES = (
-    "gain_forward",
-    "gain_backward",
-    "composite_forward",
-    "composite_backward",
-    "cos_median",
-)
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
-def _add_probe(record: dict[str, Any], step: int, result: dict[str, Any]) -> None:
-    record["probe_step"].append(step)
-    for key in _PROBE_CURVES:
-        record[key].append(result[key])
-
-
-def _save_checkpoint(path: Path, model, optimizer, schedule, record, step: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "record": record,
-        "step": step,
-    }
-    torch.save(state, tmp)
-    tmp.replace(path)
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up lines (devices, "max_steps reached") and its advice for small
+    runs (few DataLoader workers, a small validation set) say nothing about an experiment."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="pytorch_lightning")
+            warnings.filterwarnings("ignore", module="lightning")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,7 +666,7 @@ def run_experiments(
                 return records, models
             checkpoint = None
             if folder is not None:
-                checkpoint = folder / "checkpoints" / f"{connection}-seed{seed}.pt"
+                checkpoint = folder / "checkpoints" / f"{connection}-seed{seed}.ckpt"
             trained = train_gpt(
                 config,
                 connection,

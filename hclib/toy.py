@@ -8,9 +8,13 @@ experiments need: the effects they show are about depth, not about data.
 
 For chapter 8's sweeps over connections and seeds:
 
+* :func:`sweep_configs` names the chapter's 14 configurations and :data:`SWEEP_SIZES` holds
+  its sizes (``small``, the book's default; ``medium``, half an hour of 2 CPU cores; ``full``;
+  ``gpu``, run on a GPU machine's CPU cores; ``smoke`` for tests);
 * :func:`run_toy_sweep` trains one :class:`hclib.models.DeepMLP` per (configuration, seed) and
   measures it (validation loss and accuracy, :func:`seesaw_measures`), optionally in
-  parallel processes; :func:`save_toy_sweep` and :func:`load_toy_sweep` keep its rows as JSON.
+  parallel processes, and resumes from the runs it already finished when given ``runs_dir``;
+  :func:`save_toy_sweep` and :func:`load_toy_sweep` keep its rows as JSON.
 
 The paired-seed statistics that judge the sweep's claims live in :mod:`hclib.stats`.
 
@@ -21,6 +25,7 @@ Derived in: notebooks/08_toy_models (sweeps over seeds).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -41,12 +46,15 @@ from hclib.optim import param_groups
 from hclib.streams import check_count
 
 __all__ = [
+    "SWEEP_SIZES",
+    "SweepSize",
     "ToyData",
     "load_toy_sweep",
     "make_toy_data",
     "run_toy_sweep",
     "save_toy_sweep",
     "seesaw_measures",
+    "sweep_configs",
     "train_toy",
 ]
 
@@ -205,6 +213,78 @@ def seesaw_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
 _PER_LAYER = ("cos_median", "cos_p05", "cos_p95", "grad_norm")
 
 
+@dataclass(frozen=True)
+class SweepSize:
+    """One size of chapter 8's sweep: the model, the training, the seeds.
+
+    ``workers`` is the number of processes the sweep is meant to run in (each one torch
+    thread); the learning rate is :func:`train_toy`'s default, the chapter's.
+    """
+
+    dim: int
+    depth: int
+    steps: int
+    batch_size: int
+    n_train: int
+    seeds: tuple[int, ...]
+    workers: int
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name, what in (
+            ("dim", "features"),
+            ("depth", "blocks"),
+            ("steps", "steps"),
+            ("batch_size", "examples"),
+            ("n_train", "examples"),
+            ("workers", "processes"),
+        ):
+            check_count(getattr(self, name), name, what)
+        if not self.seeds:
+            raise ValueError("a sweep size needs at least one seed")
+
+    @property
+    def runs(self) -> int:
+        """Runs in the sweep: every configuration of :func:`sweep_configs` once per seed."""
+        return len(sweep_configs()) * len(self.seeds)
+
+
+#: chapter 8's sizes. ``small`` is the book's default (a minute of one core); ``medium`` the
+#: committed CPU size (about 40 minutes of 2 cores: twice as deep, eight times the training
+#: steps with twice the batch on eight times the data, ten seeds); ``full`` the same model and
+#: training with sixteen seeds, for a many-core machine; ``gpu`` the sweep that
+#: ``benchmarks/chapters_gpu.py`` runs on a GPU machine's CPU cores beside chapters 9-10;
+#: ``smoke`` checks the plumbing in tests.
+SWEEP_SIZES: dict[str, SweepSize] = {
+    "smoke": SweepSize(16, 4, 8, 32, 512, (0, 1, 2), 2),
+    "small": SweepSize(64, 16, 120, 128, 8192, (0, 1, 2), 1),
+    "medium": SweepSize(64, 32, 1000, 256, 65_536, tuple(range(10)), 2),
+    "full": SweepSize(64, 32, 1000, 256, 65_536, tuple(range(16)), 16),
+    "gpu": SweepSize(64, 32, 500, 256, 65_536, tuple(range(6)), 12),
+}
+
+
+def sweep_configs() -> dict[str, dict[str, Any]]:
+    """Chapter 8's 14 configurations, by name, as :class:`~hclib.models.DeepMLP` keyword
+    arguments: Pre-Norm and Post-Norm, then static ("S") and dynamic ("D") HC with
+    ``n`` in 1, 2, 4, 8 and FC with ``m`` in 2, 4."""
+    configs: dict[str, dict[str, Any]] = {
+        "Pre-Norm": dict(norm="pre"),
+        "Post-Norm": dict(norm="post"),
+    }
+    for dynamic, kind in ((False, "S"), (True, "D")):
+        for n in (1, 2, 4, 8):
+            configs[f"{kind}HC n={n}"] = dict(connection="hc", n=n, dynamic=dynamic)
+        for m in (2, 4):
+            configs[f"{kind}FC m={m}"] = dict(connection="fc", m=m, dynamic=dynamic)
+    return configs
+
+
+def _run_file(runs_dir: Path, name: str, seed: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+    return runs_dir / f"{slug}-seed{seed}.json"
+
+
 def run_toy_sweep(
     configs: Mapping[str, Mapping[str, Any]],
     data: ToyData,
@@ -214,6 +294,7 @@ def run_toy_sweep(
     depth: int = 32,
     probe: int = 256,
     workers: int = 1,
+    runs_dir: str | Path | None = None,
     **train_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train and measure one :class:`~hclib.models.DeepMLP` per configuration and seed.
@@ -231,6 +312,10 @@ def run_toy_sweep(
         dim, depth: the model width ``d`` and number of blocks of every model.
         workers: processes to run in parallel (each uses one torch thread); ``1`` runs in
             this process, in order.
+        runs_dir: where each finished run is kept as ``<name>-seed<s>.json`` the moment it
+            ends; a run already there (same name, seed and configuration) is read back, not
+            trained again, so an interrupted sweep continues where it stopped. The caller
+            keeps one folder per set of sizes: the file does not record them.
         **train_kwargs: passed to :func:`train_toy` (``steps``, ``batch_size``, ``lr``, ...);
             ``seed`` and ``progress`` are set here.
 
@@ -252,16 +337,36 @@ def run_toy_sweep(
         if key in train_kwargs:
             raise ValueError(f"run_toy_sweep sets {key!r} itself; got {key}={train_kwargs[key]!r}")
     jobs = [(name, dict(configs[name]), seed) for seed in seeds for name in configs]
-    shared = (data, dim, depth, probe, train_kwargs)
-    if workers == 1:
-        return [_sweep_run(job, *shared) for job in jobs]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if runs_dir is not None:
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for name, config, seed in jobs:
+            path = _run_file(runs_dir, name, seed)
+            if path.exists():
+                row = json.loads(path.read_text())
+                if row.get("config") != config:
+                    raise ValueError(
+                        f"{path} was run with {row.get('config')}, not {config}: use another "
+                        "runs_dir for another sweep"
+                    )
+                done[name, seed] = {k: v for k, v in row.items() if k != "config"}
+    todo = [job for job in jobs if (job[0], job[2]) not in done]
+    shared = (data, dim, depth, probe, train_kwargs, runs_dir)
+    if workers == 1 or len(todo) <= 1:
+        done.update(((job[0], job[2]), _sweep_run(job, *shared)) for job in todo)
+        return [done[name, seed] for name, _, seed in jobs]
     # fork on Linux, as DataLoader workers do (torch resets its thread pool in the child, and
     # nothing is re-imported); spawn elsewhere. Each worker then uses one thread.
     context = get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_sweep_init, initargs=shared
     ) as pool:
-        return list(pool.map(_sweep_worker, jobs))
+        done.update(
+            ((job[0], job[2]), row)
+            for job, row in zip(todo, pool.map(_sweep_worker, todo), strict=True)
+        )
+    return [done[name, seed] for name, _, seed in jobs]
 
 
 _WORKER_STATE: tuple = ()
@@ -284,6 +389,7 @@ def _sweep_run(
     depth: int,
     probe: int,
     train_kwargs: dict[str, Any],
+    runs_dir: Path | None = None,
 ) -> dict[str, Any]:
     name, config, seed = job
     start = time.perf_counter()
@@ -299,6 +405,12 @@ def _sweep_run(
     }
     row.update({key: measures[key].tolist() for key in _PER_LAYER})
     row["seconds"] = time.perf_counter() - start
+    if runs_dir is not None:  # written whole, then renamed: a killed sweep leaves no half file
+        row_with_config = {**row, "config": config}
+        path = _run_file(runs_dir, name, seed)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(row_with_config) + "\n")
+        partial.replace(path)
     return row
 
 

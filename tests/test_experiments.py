@@ -163,7 +163,8 @@ def test_auto_corpus_prefers_the_largest_built_one(tmp_path):
 
 
 def test_train_gpt_is_the_loop_written_out(corpus):
-    """The loop of the docstring, by hand, gives the same losses bit for bit."""
+    """The loop of the docstring, by hand, gives the same losses and weights bit for bit as the
+    Lightning run (which clips the optimizer's parameters, in the optimizer's order)."""
     config = SMOKE
     torch.manual_seed(1)
     model = GPT(config.model_config("hc", corpus.vocab_size))
@@ -175,13 +176,14 @@ def test_train_gpt_is_the_loop_written_out(corpus):
         optimizer, WarmupCosine(config.warmup_steps, config.steps, config.min_lr_ratio)
     )
     train = TrainWindows(corpus.train, config.block_size, config.batch_size, seed=1)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
     for step in range(config.steps):
         x, y, _ = train.batch(step)
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
@@ -274,15 +276,16 @@ def test_saved_activation_bytes_counts_each_saved_storage_once_and_no_parameters
 
 def test_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
     whole, _ = train_gpt(SMOKE, "mhc", 0, corpus)
-    checkpoint = tmp_path / "mhc.pt"
+    checkpoint = tmp_path / "mhc.ckpt"
     assert train_gpt(SMOKE, "mhc", 0, corpus, checkpoint=checkpoint, stop_at=0.0) is None
     assert checkpoint.exists()
-    state = torch.load(checkpoint, weights_only=False)
-    assert state["step"] == 1  # one step per call at least
+    state = torch.load(checkpoint, weights_only=False)  # Lightning's checkpoint
+    assert state["global_step"] == 1  # one step per call at least
     resumed, _ = train_gpt(SMOKE, "mhc", 0, corpus, checkpoint=checkpoint)
     assert not checkpoint.exists()  # deleted at the end
     for key in ("train_loss", "grad_norm", "val_loss", "composite_backward", "probe_step"):
         assert resumed[key] == whole[key], key
+    assert resumed["val_step"] == whole["val_step"] == [3, 6]
 
 
 def test_run_experiments_saves_each_run_and_does_not_train_it_again(corpus, tmp_path):
@@ -301,7 +304,7 @@ def test_run_experiments_saves_each_run_and_does_not_train_it_again(corpus, tmp_
 def test_run_experiments_stops_at_the_deadline_and_continues_a_checkpointed_run(corpus, tmp_path):
     config = SMOKE.replace(connections=("residual", "fc"), seeds=(0,))
     assert run_experiments(config, corpus, out=tmp_path, stop_at=0.0) == ([], {})
-    checkpoint = tmp_path / "checkpoints" / "residual-seed0.pt"
+    checkpoint = tmp_path / "checkpoints" / "residual-seed0.ckpt"
     assert train_gpt(config, "residual", 0, corpus, checkpoint=checkpoint, stop_at=0.0) is None
     done, _ = run_experiments(config, corpus, out=tmp_path)
     whole, _ = run_experiments(config, corpus)

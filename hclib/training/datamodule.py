@@ -16,6 +16,7 @@ Used in: notebooks/09_small_gpt and 10_moe_llm_with_lightning.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,6 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from hclib.streams import check_count
+
+if TYPE_CHECKING:
+    from hclib.data import Corpus
 
 __all__ = ["CorpusDataModule", "TrainWindows", "ValWindows", "window_starts"]
 
@@ -128,7 +132,9 @@ class CorpusDataModule(pl.LightningDataModule):
     """Training and validation windows from a corpus built by ``python -m hclib.data``.
 
     Args:
-        corpus: the corpus name (``"shakespeare-bpe"``, ``"shakespeare-byte"``, ...).
+        corpus: the corpus name (``"shakespeare-bpe"``, ``"shakespeare-byte"``, ...), or a
+            loaded :class:`hclib.data.Corpus` (its name is then what the hyperparameters
+            record).
         root: the folder holding built corpora (None: ``hclib.data``'s default).
         block_size: tokens per window ``T`` (the model's context).
         batch_size: windows per micro-batch over *all* devices (the global batch); must be
@@ -145,7 +151,7 @@ class CorpusDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        corpus: str = "shakespeare-bpe",
+        corpus: str | Corpus = "shakespeare-bpe",
         root: str | None = None,
         block_size: int = 256,
         batch_size: int = 32,
@@ -162,10 +168,14 @@ class CorpusDataModule(pl.LightningDataModule):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.seed, self.num_workers = int(seed), num_workers
-        self.corpus = load_corpus(corpus, root=root)
+        if isinstance(corpus, str):
+            self.corpus = load_corpus(corpus, root=root)
+        else:  # a loaded corpus: its name, not its arrays, goes into the hyperparameters
+            self.corpus, corpus = corpus, corpus.name
         _check_length(self.corpus.train, block_size, "train")
         _check_length(self.corpus.val, block_size, "val")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["corpus"])
+        self.hparams["corpus"] = corpus
 
     @property
     def vocab_size(self) -> int:
