@@ -251,7 +251,8 @@ def plan(size: str, cost: CostModel | None = None) -> list[Item]:
         model = config.model_config(name, vocab)
         kinds.add(model.connection)
         flops = _flops_per_token(model) * per_step
-        step = cost.step(flops, model.n_layer, model.connection)
+        # chapter 9's runs go through Lightning too (hclib.experiments.train_gpt)
+        step = cost.step(flops, model.n_layer, model.connection) + cost.lightning_step_s
         n = len(config.seeds)
         items.append(
             Item(

@@ -5,8 +5,11 @@ Every experiment that takes more than a few seconds reads one environment variab
 
 * ``small`` (the default): sizes that run each chapter in about a minute on 2 CPU cores;
   this is what CI and the rendered book use.
-* ``full``: the sizes the chapters' prose discusses, for a laptop with time to spare or a
-  GPU (``HCLIB_BOOK_SIZE=full bash dev.sh book``).
+* ``medium`` (chapters 8 and 9): the sizes of ``benchmarks/chapters_medium.py``, about 40
+  minutes per chapter on 2 CPU cores; their results are committed under
+  ``results/<date>-cpu-medium/`` and shown beside the default run.
+* ``full``: the largest sizes the chapters describe, for a many-core machine or a GPU
+  (``HCLIB_BOOK_SIZE=full bash dev.sh book``).
 
 GPU runs (benchmarks, full-size chapters) are committed under one folder per day and device,
 ``results/<date>-<device>/``: :func:`results_dir` names it.
@@ -36,21 +39,27 @@ __all__ = [
 ]
 
 SIZE_VARIABLE = "HCLIB_BOOK_SIZE"
-_SIZES = ("small", "full")
+_SIZES = ("small", "medium", "full")
 T = TypeVar("T")
 
 
 def book_size() -> str:
-    """``"small"`` or ``"full"``, from ``HCLIB_BOOK_SIZE`` (default ``"small"``)."""
+    """``"small"``, ``"medium"`` or ``"full"``, from ``HCLIB_BOOK_SIZE`` (default ``"small"``)."""
     size = os.environ.get(SIZE_VARIABLE, "small").strip().lower() or "small"
     if size not in _SIZES:
         raise ValueError(f"{SIZE_VARIABLE} must be one of {_SIZES}, got {size!r}")
     return size
 
 
-def scaled(small: T, full: T) -> T:
-    """Pick the value for the current book size."""
-    return full if book_size() == "full" else small
+def scaled(small: T, full: T, medium: T | None = None) -> T:
+    """Pick the value for the current book size (``medium`` falls back to ``small`` when a
+    chapter has no medium value of its own)."""
+    size = book_size()
+    if size == "full":
+        return full
+    if size == "medium" and medium is not None:
+        return medium
+    return small
 
 
 def on_colab() -> bool:

@@ -755,8 +755,8 @@ def describe(config: ExperimentConfig, corpus: str | None = None) -> str:
     """One line for "our setting": sizes, tokens, seeds."""
     tokens = config.tokens
     tokens_text = (
-        f"{tokens / 1e6:.0f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k" if tokens >= 1e4
-        else str(tokens)
+        f"{tokens / 1e6:.0f}M" if tokens >= 1e7 else f"{tokens / 1e6:.1f}M" if tokens >= 1e6
+        else f"{tokens / 1e3:.0f}k" if tokens >= 1e4 else str(tokens)
     )  # fmt: skip
     return (
         f"GPT d={config.d_model}, {config.n_layer} blocks, T={config.block_size}, "

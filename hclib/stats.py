@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -372,9 +373,14 @@ def records_from_rows(
 
 
 def write_verdicts(
-    records: Iterable[VerdictRecord], chapter: str, folder: Path | str | None = None
+    records: Iterable[VerdictRecord],
+    chapter: str,
+    folder: Path | str | None = None,
+    size: str | None = None,
 ) -> Path:
-    """Write a chapter's verdict records to ``<folder>/<chapter>.json`` (sorted keys, stable).
+    """Write a chapter's verdict records to ``<folder>/<chapter>.json`` (sorted keys, stable),
+    or, for the results of a larger size the chapter loads, ``<folder>/<chapter>.<size>.json``
+    (the table lists them after the default size's).
 
     ``folder`` defaults to :data:`VERDICTS_DIR` (``results/verdicts``); every record must
     belong to ``chapter``.
@@ -387,7 +393,9 @@ def write_verdicts(
         raise ValueError(f"records of chapters {sorted(set(wrong))} given for {chapter}")
     folder = Path(folder) if folder is not None else VERDICTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{chapter}.json"
+    if size is not None and not re.fullmatch(r"[a-z0-9-]+", size):
+        raise ValueError(f"size must be a plain name such as 'medium', got {size!r}")
+    path = folder / (f"{chapter}.json" if size in (None, "small") else f"{chapter}.{size}.json")
     content = [asdict(r) for r in records]
     path.write_text(json.dumps(content, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return path

@@ -455,3 +455,19 @@ def test_script_refuses_the_full_size_without_a_gpu():
         load_script("gpt_experiments").main([])
     with pytest.raises(SystemExit):
         load_script("gpt_experiments").parse_args(["--connections", "residual,dense"])
+
+
+def test_run_callbacks_refuse_bad_periods():
+    from hclib.training import RunRecord, StopAndResume
+
+    with pytest.raises(ValueError, match="probe_every must be an int >= 1"):
+        RunRecord(probe_every=0)
+    with pytest.raises(ValueError, match="probe_windows must be an int >= 1"):
+        RunRecord(probe_every=5, probe_windows=True)
+    with pytest.raises(ValueError, match="every must be an int >= 0"):
+        StopAndResume("x.ckpt", every=-1)
+
+
+def test_eval_every_must_divide_the_steps_so_the_last_step_is_validated():
+    with pytest.raises(ValueError, match="eval_every=4 must divide steps=6"):
+        SMOKE.replace(eval_every=4)

@@ -10,11 +10,14 @@ import hclib
 from hclib.book import book_size, device_slug, results_dir, scaled
 from hclib.models import DeepMLP
 from hclib.toy import (
+    SWEEP_SIZES,
+    SweepSize,
     load_toy_sweep,
     make_toy_data,
     run_toy_sweep,
     save_toy_sweep,
     seesaw_measures,
+    sweep_configs,
     train_toy,
 )
 
@@ -104,6 +107,41 @@ def test_book_size_knob_defaults_to_small_and_rejects_unknown_sizes(monkeypatch)
     monkeypatch.setenv("HCLIB_BOOK_SIZE", "huge")
     with pytest.raises(ValueError, match="HCLIB_BOOK_SIZE must be one of"):
         book_size()
+
+
+def test_medium_size_takes_a_chapters_medium_value_else_the_small_one(monkeypatch):
+    monkeypatch.setenv("HCLIB_BOOK_SIZE", "medium")
+    assert book_size() == "medium"
+    assert scaled(1, 3, medium=2) == 2 and scaled(1, 3) == 1
+
+
+def test_sweep_sizes_are_checked_and_count_their_runs():
+    assert SWEEP_SIZES["small"].runs == 14 * 3 and len(sweep_configs()) == 14
+    assert SWEEP_SIZES["medium"].runs == 14 * 10
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        SweepSize(64, 0, 10, 8, 64, (0,), 1)
+    with pytest.raises(ValueError, match="at least one seed"):
+        SweepSize(64, 4, 10, 8, 64, (), 1)
+
+
+def test_an_interrupted_sweep_continues_from_the_runs_it_kept(tmp_path):
+    data = make_toy_data(n_train=256, n_val=64)
+    configs = {k: v for k, v in list(sweep_configs().items())[:3]}
+    kwargs = dict(dim=8, depth=2, probe=16, steps=3, batch_size=16, eval_every=3)
+    whole = run_toy_sweep(configs, data, [0, 1], workers=2, **kwargs)  # one thread per run
+    first = run_toy_sweep(configs, data, [0], runs_dir=tmp_path, workers=2, **kwargs)  # stops
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    (tmp_path / "pre-norm-seed0.json").write_text(
+        (tmp_path / "pre-norm-seed0.json").read_text().replace('"val_loss": ', '"val_loss": 1')
+    )  # a kept run is read back, not trained again: its (edited) loss comes back
+    resumed = run_toy_sweep(configs, data, [0, 1], runs_dir=tmp_path, workers=2, **kwargs)
+    assert len(list(tmp_path.glob("*.json"))) == 6
+    assert resumed[0]["val_loss"] != whole[0]["val_loss"]
+    keys = ("name", "seed", "val_loss", "grad_norm", "cos_median")
+    assert [[r[k] for k in keys] for r in resumed[1:]] == [[r[k] for k in keys] for r in whole[1:]]
+    assert first[0]["val_loss"] == whole[0]["val_loss"]
+    with pytest.raises(ValueError, match="use another runs_dir"):
+        run_toy_sweep({"Pre-Norm": {"norm": "post"}}, data, [0], runs_dir=tmp_path, **kwargs)
 
 
 def test_every_connection_has_a_palette_colour():

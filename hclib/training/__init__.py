@@ -3,7 +3,8 @@
 * :class:`GPTModule`: the GPT as a LightningModule, one switch for the connection;
 * :class:`CorpusDataModule`: windows of a corpus, in an order fixed by (seed, step);
 * :class:`Throughput`, :class:`NonFiniteLossGuard`, :class:`ConnectionDiagnostics`,
-  :class:`Preemption`: callbacks;
+  :class:`Preemption`: callbacks; :class:`RunRecord` and :class:`StopAndResume`: what the
+  book's experiments keep of a run, and their checkpoints (:mod:`hclib.training.runs`);
 * :func:`shard_gpt`: FSDP2 sharding under ``configs/fsdp.yaml``; :func:`read_checkpoint`,
   :func:`load_weights`, :func:`convert_checkpoint`: checkpoint files and sharded folders;
 * :class:`WarmupCosine`: the learning-rate schedule; :func:`flops_per_token`, :func:`peak_flops`;
@@ -27,6 +28,7 @@ from hclib.training.checkpoints import convert_checkpoint, load_weights, read_ch
 from hclib.training.datamodule import CorpusDataModule, TrainWindows, ValWindows
 from hclib.training.flops import flops_per_token, peak_flops
 from hclib.training.module import GPTModule
+from hclib.training.runs import RunRecord, StopAndResume
 from hclib.training.schedule import WarmupCosine
 from hclib.training.sharding import shard_gpt
 
@@ -36,6 +38,8 @@ __all__ = [
     "GPTModule",
     "NonFiniteLossGuard",
     "Preemption",
+    "RunRecord",
+    "StopAndResume",
     "Throughput",
     "TrainWindows",
     "ValWindows",

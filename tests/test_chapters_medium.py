@@ -1,0 +1,63 @@
+"""benchmarks/chapters_medium.py: the medium size of chapters 8 and 9 decides more than the
+default, writes what the chapters load, stops cleanly and continues where it stopped (the flow
+checked at the smoke size)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hclib.experiments import experiment_config, judge_claims, load_results
+from hclib.toy import SWEEP_SIZES, load_toy_sweep, sweep_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "chapters_medium.py"
+
+
+def run_script(*args: str, status: int = 0) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_medium_size_decides_more_than_the_default_with_more_seeds_steps_and_tokens():
+    small, medium = SWEEP_SIZES["small"], SWEEP_SIZES["medium"]
+    assert len(medium.seeds) > len(small.seeds) and medium.steps > small.steps
+    assert medium.depth >= small.depth and medium.workers == 2  # the 2 cores of the machine
+    gpt, default = experiment_config("medium"), experiment_config("small")
+    assert len(gpt.seeds) > len(default.seeds) and gpt.tokens >= 20 * default.tokens
+    assert set(gpt.connections) == set(default.connections) and gpt.d_model > default.d_model
+
+
+def test_dry_run_prints_both_chapters_settings_and_writes_nothing(tmp_path):
+    done = run_script("--dry-run", "--out", str(tmp_path / "never"))
+    assert "chapter 8 (medium): 14 configurations x 10 seeds = 140 runs" in done.stdout
+    assert "chapter 9 (medium): GPT d=128" in done.stdout
+    assert not (tmp_path / "never").exists()
+
+
+def test_smoke_run_writes_what_chapters_8_and_9_load_and_continues_after_a_stop(tmp_path):
+    out = tmp_path / "medium"
+    stopped = run_script("--smoke", "--chapter", "9", "--max-minutes", "0", "--out", str(out),
+                         status=3)  # fmt: skip
+    assert "run the same command to continue" in stopped.stdout
+    assert not (out / "09_small_gpt" / "settings.json").exists()
+    run_script("--smoke", "--out", str(out))  # both chapters; chapter 9 continues
+    settings, rows = load_toy_sweep(out / "08_toy_models.json")
+    assert settings["size"] == "smoke" and len(rows) == len(sweep_configs()) * 3
+    assert not (out / ".08_toy_models-runs").exists()  # removed once the sweep is whole
+    settings, records = load_results(out / "09_small_gpt")
+    config = experiment_config("smoke")
+    assert settings["config"]["size"] == "smoke"
+    assert len(records) == len(config.connections) * len(config.seeds)
+    assert all(r["trainer"].startswith("lightning") for r in records)
+    assert not (out / "09_small_gpt" / "checkpoints").exists()
+    assert judge_claims(records)  # the chapter's table can be made from them
+    written = json.loads((out / "09_small_gpt" / "settings.json").read_text())
+    assert written["command"] == "benchmarks/chapters_medium.py --chapter 9 --smoke"
