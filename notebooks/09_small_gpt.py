@@ -112,8 +112,9 @@ torch.set_num_threads(1)
 # ## The experiment
 #
 # One object holds everything that defines the experiment, `hclib.experiments.ExperimentConfig`;
-# `experiment_config(book_size())` picks the default (`small`) or the GPU size (`full`). Every
-# connection trains the same GPT on the same number of tokens.
+# `experiment_config(book_size())` picks the default (`small`), the `medium` size (2 CPU cores,
+# whose committed results the last section shows) or the GPU size (`full`). Every connection
+# trains the same GPT on the same number of tokens.
 
 # %% tags=["nbval-check-output"]
 config = experiment_config(book_size())
@@ -199,13 +200,16 @@ for eps in (1e-6, 1e-12):
 #
 # ## One training run, written out
 #
-# Chapter 10 trains through PyTorch Lightning; here the loop is plain PyTorch, short enough
-# to read in full. AdamW gets the papers' weight-decay rule through `hclib.param_groups`
-# (matrices decay; norms, biases and the connections' static weights do not, Chapter 3), the
-# learning rate rises linearly and then follows a cosine, and the gradient norm is clipped
-# at 1. The batch of step $i$ comes from `TrainWindows.batch(i)`: random windows drawn by a
-# generator seeded with (seed, $i$), so every connection trained with one seed sees the
-# same windows in the same order. Twenty steps of HC:
+# The book's experiments train through PyTorch Lightning (Chapter 10 shows how); here the loop
+# is plain PyTorch, short enough to read in full. AdamW gets the papers' weight-decay rule
+# through `hclib.param_groups` (matrices decay; norms, biases and the connections' static
+# weights do not, Chapter 3), the learning rate rises linearly and then follows a cosine, and
+# the gradient norm is clipped at 1. The clipping takes the optimizer's parameters in the
+# optimizer's order, as Lightning does: the norm is a sum of squares, and a sum added up in
+# another order can differ in its last bit. The batch of step $i$ comes from
+# `TrainWindows.batch(i)`: random windows drawn by a generator seeded with (seed, $i$), so
+# every connection trained with one seed sees the same windows in the same order. Twenty steps
+# of HC:
 
 # %%
 demo = config.replace(steps=20, warmup_steps=2, eval_every=20, probe_every=20)
@@ -219,21 +223,26 @@ schedule = torch.optim.lr_scheduler.LambdaLR(
     optimizer, WarmupCosine(demo.warmup_steps, demo.steps, demo.min_lr_ratio)
 )
 windows = TrainWindows(corpus.train, demo.block_size, demo.batch_size, seed=0)
+params = [p for group in optimizer.param_groups for p in group["params"]]
 losses = []
 for step in range(demo.steps):
     x, y, _ = windows.batch(step)  # (B, T) token ids and (B, T) next tokens
     _, loss = model(x, y)  # mean next-token cross-entropy, in nats
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), demo.grad_clip)
+    nn.utils.clip_grad_norm_(params, demo.grad_clip)
     optimizer.step()
     schedule.step()
     losses.append(loss.item())
 
 # %% [markdown]
-# `hclib.experiments.train_gpt` is this loop plus the measurements: the validation loss every
-# few steps, a probe of the connections (next sections), the gradient norm of every step,
-# tokens per second and memory. It must train exactly the same model:
+# `hclib.experiments.train_gpt` runs this loop through Lightning's `Trainer`, the one behind
+# `python -m hclib.train` and Chapter 10: `hclib.training.GPTModule` holds the model, the
+# optimizer and the schedule, `CorpusDataModule` the windows, and two callbacks of
+# `hclib.training.runs` add the measurements (`RunRecord`: the validation loss every few steps,
+# a probe of the connections, the gradient norm of every step, tokens per second) and the
+# checkpoints that let a long run stop and resume (`StopAndResume`). It must train exactly the
+# same model:
 
 # %% tags=["nbval-check-output"]
 record, trained = train_gpt(demo, "hc", 0, corpus)
@@ -536,7 +545,7 @@ mhc_forward = np.array([r["composite_forward"] for r in records if r["connection
 print(f"mHC composite forward gains: within {np.abs(mhc_forward - 1).max():.0e} of 1")
 
 # %% [markdown]
-# HC's largest composite gain passes 1.5 by step 40 and reaches between about 5 and 6.5 by
+# HC's largest composite gain passes 1.5 by step 40 and reaches between 4.8 and 6.4 by
 # step 100, in every seed; with a single stream (HC $n = 1$, whose "mixing matrix"
 # is one number per layer) it stays below 2, and mHC's stays within 0.3% of 1. The paper's 3000
 # against 1.6 comes from 60 mixing layers (a 30-block model) after thousands of steps; ours from
@@ -715,7 +724,19 @@ print(f"half-width: {(hc_vs_pre.high - hc_vs_pre.low) / 2:.4f} nats")
 # measure after hundreds of billions of tokens. The full size is there to test those.
 
 # %% [markdown]
-# ## The full size
+# ## Larger sizes
+#
+# The `medium` size runs on 2 CPU cores, two runs at a time (the next cells print its settings
+# and how long it took): a GPT twice as wide with 6 blocks, trained on about 24 times the
+# default size's tokens, every connection with four seeds. Its runs go
+# through the same `train_gpt`, and so through Lightning, which keeps a checkpoint of the run
+# under way: an interrupted session continues where it stopped. It is not run when the book is
+# built; one command, in the background, writes `results/<date>-cpu-medium/09_small_gpt/`,
+# which is committed:
+#
+# ```bash
+# .venv/bin/python benchmarks/chapters_medium.py --chapter 9
+# ```
 #
 # The full size is a GPT of width 512 with 16 blocks (32 connections) and 8 heads, on windows
 # of 512 BPE tokens, 64 windows per step for 6200 steps: 203M tokens per run, 50.4M
@@ -739,43 +760,62 @@ print(f"half-width: {(hc_vs_pre.high - hc_vs_pre.low) / 2:.4f} nats")
 # or run this chapter with `HCLIB_BOOK_SIZE=full`. Both write `results/<date>-<device>/
 # 09_small_gpt/`: every run as JSON, `settings.json`, `summary.csv` (final losses, tokens/s,
 # peak memory, the claims' measures) and `verdicts.md`. Commit that folder; this section loads
-# the newest one and puts its verdicts beside the default size's.
+# the newest one and puts its verdicts beside the default size's, as it does for the medium
+# size and for the GPU size of `benchmarks/chapters_gpu.py`. At the default size, the medium
+# size's verdicts also go to the introduction's reproduction table
+# (`results/verdicts/09_small_gpt.medium.json`).
 
 # %%
-# the full size, or the GPU size of benchmarks/chapters_gpu.py: whichever is newest
-full_folder = newest_results(Path("..") / "results", "09_small_gpt", size=("full", "gpu"))
-if full_folder is None:
+RESULTS = Path("..") / "results"
+larger = {}  # the newest committed folder of the medium size, and of the full or GPU size
+for sizes in (("medium",), ("full", "gpu")):
+    folder = newest_results(RESULTS, "09_small_gpt", size=sizes)
+    if folder is not None:
+        larger_settings, larger_records = load_results(folder)
+        larger[larger_settings["config"]["size"]] = folder, larger_settings, larger_records
+if "full" not in larger and "gpu" not in larger:
     print("No full-size or GPU-size results are committed yet (results/*/09_small_gpt/).")
     print("Produce them on a GPU with: python benchmarks/gpt_experiments.py (see above).")
-else:
-    full_settings, full_records = load_results(full_folder)
-    full_config = type(config).from_dict(full_settings["config"])
-    full_setting = describe(full_config, full_settings.get("corpus"))
-    full_size = full_settings["config"]["size"]
-    print(f"{full_size}-size results from {full_folder.parent.name}: {full_setting}")
-    print(f"{len(full_records)} runs on {full_settings.get('device')}")
 
-# %%
-if full_folder is not None:
-    full_reproduction = judge_claims(full_records, GPT_CLAIMS, setting=full_setting)
-    print(markdown_table(full_reproduction))
+# %% tags=["nbval-check-output"]
+larger_reproduction = {}
+for size, (folder, larger_settings, larger_records) in larger.items():
+    larger_config = type(config).from_dict(larger_settings["config"])
+    larger_setting = describe(larger_config, larger_settings.get("corpus"))
+    print(f"{size}-size results from {folder.parent.name}: {larger_setting}")
+    print(f"{len(larger_records)} runs on {larger_settings.get('device')}", end="")
+    if larger_settings.get("seconds"):
+        print(f", {larger_settings['seconds'] / 60:.0f} min ({larger_settings['machine']})")
+    else:
+        print()
+    larger_reproduction[size] = judge_claims(larger_records, GPT_CLAIMS, setting=larger_setting)
+    print(markdown_table(larger_reproduction[size]))
     print()
     side_by_side = [
-        {"claim": s["claim"], "default size": s["verdict"], f"{full_size} size": f["verdict"]}
-        for s, f in zip(reproduction, full_reproduction, strict=True)
+        {"claim": s["claim"], "default size": s["verdict"], f"{size} size": f["verdict"]}
+        for s, f in zip(reproduction, larger_reproduction[size], strict=True)
     ]
     print(markdown_table(side_by_side))
+    print()
+    if size == "medium" and book_size() == "small" and VERDICT_DIR.is_dir():
+        medium_records = verdict_records(larger_reproduction[size], "09_small_gpt")
+        write_verdicts(medium_records, "09_small_gpt", VERDICT_DIR, size="medium")
+
+# %%
+for size, (_, larger_settings, larger_records) in larger.items():
+    larger_config = type(config).from_dict(larger_settings["config"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    plot_val_curves(axes[0], full_records, full_config.batch_size * full_config.block_size)
-    axes[0].set_title(f"full size: {full_setting}", fontsize=8)
+    plot_val_curves(axes[0], larger_records, larger_config.batch_size * larger_config.block_size)
+    axes[0].set_title(f"{size} size: {describe(larger_config, larger_settings.get('corpus'))}",
+                      fontsize=8)  # fmt: skip
     axes[0].legend(fontsize=8)
-    plot_gain_curves(axes[1], full_records)
-    if max(r["composite_forward"][-1][-1] for r in full_records) > 20:
+    plot_gain_curves(axes[1], larger_records)
+    if max(r["composite_forward"][-1][-1] for r in larger_records) > 20:
         axes[1].set_yscale("log")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     plt.show()
-    for r in full_records:
+    for r in larger_records:
         memory = r["peak_memory_mib"]
         print(f"{r['label']:<10} seed {r['seed']}: {r['tokens_per_s']:,.0f} tokens/s", end="")
         print(f", peak memory {memory:,.0f} MiB" if memory else "")
@@ -788,8 +828,9 @@ if full_folder is not None:
 #   the same function (up to the final norm's $\varepsilon$) and sees the same batches, so the
 #   differences are paired.
 # - The training loop is a dozen lines of PyTorch (`param_groups`, AdamW, warmup and cosine,
-#   clipping, `TrainWindows.batch(step)`); `hclib.experiments.train_gpt` is that loop plus the
-#   papers' measurements, and repeats it loss for loss.
+#   clipping, `TrainWindows.batch(step)`); `hclib.experiments.train_gpt` runs that loop through
+#   Lightning, with the papers' measurements and resumable checkpoints as callbacks, and
+#   repeats it loss for loss.
 # - At the default size (d = 64, 4 blocks, 51k tokens, three seeds) no loss claim can be
 #   decided: the connections end within a few thousandths of a nat, the seeds spread by
 #   hundredths. "No better" claims are judged against a margin fixed before the runs
