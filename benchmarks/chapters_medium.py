@@ -76,6 +76,7 @@ def chapter8(out: Path, size: str) -> int:
         depth=toy.depth,
         workers=workers,
         runs_dir=runs_dir,
+        progress=True,
         steps=toy.steps,
         batch_size=toy.batch_size,
         eval_every=toy.steps,

@@ -295,6 +295,7 @@ def run_toy_sweep(
     probe: int = 256,
     workers: int = 1,
     runs_dir: str | Path | None = None,
+    progress: bool = False,
     **train_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train and measure one :class:`~hclib.models.DeepMLP` per configuration and seed.
@@ -316,8 +317,10 @@ def run_toy_sweep(
             ends; a run already there (same name, seed and configuration) is read back, not
             trained again, so an interrupted sweep continues where it stopped. The caller
             keeps one folder per set of sizes: the file does not record them.
+        progress: print a line to stderr as each run ends (``[k/N] name seed s: val loss,
+            seconds``), for long sweeps run in the background.
         **train_kwargs: passed to :func:`train_toy` (``steps``, ``batch_size``, ``lr``, ...);
-            ``seed`` and ``progress`` are set here.
+            ``seed`` is set here, and the runs train without their own progress bars.
 
     Returns:
         One dict per run, in the order of ``seeds`` then ``configs``: ``name``, ``seed``,
@@ -333,9 +336,8 @@ def run_toy_sweep(
     seeds = [int(s) for s in seeds]
     if not seeds or not configs:
         raise ValueError(f"need at least one seed and one config, got {seeds} and {list(configs)}")
-    for key in ("seed", "progress"):
-        if key in train_kwargs:
-            raise ValueError(f"run_toy_sweep sets {key!r} itself; got {key}={train_kwargs[key]!r}")
+    if "seed" in train_kwargs:
+        raise ValueError(f"run_toy_sweep sets 'seed' itself; got seed={train_kwargs['seed']!r}")
     jobs = [(name, dict(configs[name]), seed) for seed in seeds for name in configs]
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if runs_dir is not None:
@@ -353,8 +355,20 @@ def run_toy_sweep(
                 done[name, seed] = {k: v for k, v in row.items() if k != "config"}
     todo = [job for job in jobs if (job[0], job[2]) not in done]
     shared = (data, dim, depth, probe, train_kwargs, runs_dir)
+
+    def finished(job: tuple[str, dict, int], row: dict[str, Any]) -> None:
+        done[job[0], job[2]] = row
+        if progress:
+            print(
+                f"[{len(done)}/{len(jobs)}] {job[0]} seed {job[2]}: val loss "
+                f"{row['val_loss']:.4f} ({row['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
     if workers == 1 or len(todo) <= 1:
-        done.update(((job[0], job[2]), _sweep_run(job, *shared)) for job in todo)
+        for job in todo:
+            finished(job, _sweep_run(job, *shared))
         return [done[name, seed] for name, _, seed in jobs]
     # fork on Linux, as DataLoader workers do (torch resets its thread pool in the child, and
     # nothing is re-imported); spawn elsewhere. Each worker then uses one thread.
@@ -362,10 +376,8 @@ def run_toy_sweep(
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_sweep_init, initargs=shared
     ) as pool:
-        done.update(
-            ((job[0], job[2]), row)
-            for job, row in zip(todo, pool.map(_sweep_worker, todo), strict=True)
-        )
+        for job, row in zip(todo, pool.map(_sweep_worker, todo), strict=True):
+            finished(job, row)
     return [done[name, seed] for name, _, seed in jobs]
 
 

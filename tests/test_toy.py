@@ -124,7 +124,7 @@ def test_sweep_sizes_are_checked_and_count_their_runs():
         SweepSize(64, 4, 10, 8, 64, (), 1)
 
 
-def test_an_interrupted_sweep_continues_from_the_runs_it_kept(tmp_path):
+def test_an_interrupted_sweep_continues_from_the_runs_it_kept(tmp_path, capsys):
     data = make_toy_data(n_train=256, n_val=64)
     configs = {k: v for k, v in list(sweep_configs().items())[:3]}
     kwargs = dict(dim=8, depth=2, probe=16, steps=3, batch_size=16, eval_every=3)
@@ -134,8 +134,13 @@ def test_an_interrupted_sweep_continues_from_the_runs_it_kept(tmp_path):
     (tmp_path / "pre-norm-seed0.json").write_text(
         (tmp_path / "pre-norm-seed0.json").read_text().replace('"val_loss": ', '"val_loss": 1')
     )  # a kept run is read back, not trained again: its (edited) loss comes back
-    resumed = run_toy_sweep(configs, data, [0, 1], runs_dir=tmp_path, workers=2, **kwargs)
+    capsys.readouterr()
+    resumed = run_toy_sweep(
+        configs, data, [0, 1], runs_dir=tmp_path, workers=2, progress=True, **kwargs
+    )
     assert len(list(tmp_path.glob("*.json"))) == 6
+    printed = capsys.readouterr().err.splitlines()  # one line per run trained now
+    assert len(printed) == 3 and printed[-1].startswith("[6/6] SHC n=1 seed 1: val loss")
     assert resumed[0]["val_loss"] != whole[0]["val_loss"]
     keys = ("name", "seed", "val_loss", "grad_norm", "cos_median")
     assert [[r[k] for k in keys] for r in resumed[1:]] == [[r[k] for k in keys] for r in whole[1:]]
