@@ -2,8 +2,8 @@
 
 usage::
 
-    python benchmarks/chapters_medium.py --chapter 8     # about 20 min of 2 cores
-    python benchmarks/chapters_medium.py --chapter 9     # about 40 min of 2 cores
+    python benchmarks/chapters_medium.py --chapter 8     # about 35 min of 2 cores
+    python benchmarks/chapters_medium.py --chapter 9     # about 35 min of 2 cores
     python benchmarks/chapters_medium.py --dry-run       # the settings, nothing runs
     python benchmarks/chapters_medium.py --smoke --out /tmp/m   # the same flow, toy sizes
 

@@ -5,7 +5,7 @@ Every experiment that takes more than a few seconds reads one environment variab
 
 * ``small`` (the default): sizes that run each chapter in about a minute on 2 CPU cores;
   this is what CI and the rendered book use.
-* ``medium`` (chapters 8 and 9): the sizes of ``benchmarks/chapters_medium.py``, about 40
+* ``medium`` (chapters 8 and 9): the sizes of ``benchmarks/chapters_medium.py``, about 35
   minutes per chapter on 2 CPU cores; their results are committed under
   ``results/<date>-cpu-medium/`` and shown beside the default run.
 * ``full``: the largest sizes the chapters describe, for a many-core machine or a GPU

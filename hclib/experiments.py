@@ -6,7 +6,7 @@ each run with a few seeds, and judges the papers' claims from the spread. This m
 what the chapter and its full-size script (``benchmarks/gpt_experiments.py``) share:
 
 * :class:`ExperimentConfig` and :func:`experiment_config`: the sizes, ``"smoke"`` (tests),
-  ``"small"`` (the book's CPU default), ``"medium"`` (about 40 minutes of 2 CPU cores,
+  ``"small"`` (the book's CPU default), ``"medium"`` (about 35 minutes of 2 CPU cores,
   ``benchmarks/chapters_medium.py``), ``"gpu"`` (about a minute and a half of one H100,
   ``benchmarks/chapters_gpu.py``) and ``"full"`` (one GPU, documented in the chapter);
 * :func:`train_gpt`: one run through ``hclib.training`` (Lightning's ``Trainer`` with
@@ -263,7 +263,7 @@ SIZES: dict[str, ExperimentConfig] = {
         connections=(*CONNECTIONS, "hc-n1"),
         seeds=(0, 1, 2),
     ),
-    # 2 CPU cores, about 40 minutes (benchmarks/chapters_medium.py, two runs at a time): twice
+    # 2 CPU cores, about 35 minutes (benchmarks/chapters_medium.py, two runs at a time): twice
     # the width and 1.5 times the depth of the small size, 24 times its tokens (1.2M per run,
     # about a quarter of a pass over Shakespeare), four seeds
     "medium": ExperimentConfig(
@@ -910,14 +910,16 @@ def judge_claims(
     records: Sequence[dict[str, Any]],
     claims: Sequence[Claim] = GPT_CLAIMS,
     setting: str = "",
+    confidence: float = 0.95,
 ) -> list[dict[str, str]]:
     """One row per claim: claim, paper and figure, our setting, our number, verdict.
 
     The two sides are paired by seed (only seeds both have count); the verdict is
     :func:`hclib.stats.compare_seeds`'s (one of :data:`hclib.stats.VERDICTS`), or
     :data:`NOT_MEASURED` when fewer than two seeds pair up. "Our number" gives both means and
-    the mean paired difference with its 95% interval; a claim with a margin says it in "our
-    setting".
+    the mean paired difference with its interval at ``confidence`` (95% by default; a
+    family's Bonferroni level, :func:`hclib.stats.multiplicity`, judges the table as a whole);
+    a claim with a margin says it in "our setting".
     """
     rows = []
     for c in claims:
@@ -934,7 +936,7 @@ def judge_claims(
             verdict = NOT_MEASURED
         else:
             va, vb = [a[s] for s in seeds], [b[s] for s in seeds]
-            result = compare_seeds(va, vb, claim=c.kind, margin=c.margin)
+            result = compare_seeds(va, vb, claim=c.kind, margin=c.margin, confidence=confidence)
             number = (
                 f"{name_a} {_fmt(np.mean(va))} vs {name_b} {_fmt(np.mean(vb))}: "
                 f"{result.mean:+.3g} [{result.low:+.3g}, {result.high:+.3g}], {len(seeds)} seeds"

@@ -9,7 +9,7 @@ experiments need: the effects they show are about depth, not about data.
 For chapter 8's sweeps over connections and seeds:
 
 * :func:`sweep_configs` names the chapter's 14 configurations and :data:`SWEEP_SIZES` holds
-  its sizes (``small``, the book's default; ``medium``, half an hour of 2 CPU cores; ``full``;
+  its sizes (``small``, the book's default; ``medium``, about 35 minutes of 2 CPU cores; ``full``;
   ``gpu``, run on a GPU machine's CPU cores; ``smoke`` for tests);
 * :func:`run_toy_sweep` trains one :class:`hclib.models.DeepMLP` per (configuration, seed) and
   measures it (validation loss and accuracy, :func:`seesaw_measures`), optionally in
@@ -250,7 +250,7 @@ class SweepSize:
 
 
 #: chapter 8's sizes. ``small`` is the book's default (a minute of one core); ``medium`` the
-#: committed CPU size (about 40 minutes of 2 cores: twice as deep, eight times the training
+#: committed CPU size (about 35 minutes of 2 cores: twice as deep, eight times the training
 #: steps with twice the batch on eight times the data, ten seeds); ``full`` the same model and
 #: training with sixteen seeds, for a many-core machine; ``gpu`` the sweep that
 #: ``benchmarks/chapters_gpu.py`` runs on a GPU machine's CPU cores beside chapters 9-10;

@@ -96,7 +96,7 @@ torch.set_num_threads(1)
 # The sweep below trains 14 networks per seed. Its sizes are `hclib.toy.SWEEP_SIZES`, picked by
 # `HCLIB_BOOK_SIZE`. The default, `small`, takes about a minute on one CPU core (the sweep cell
 # prints its time). `medium` is twice as deep and trains eight times longer, with twice the
-# batch, on eight times the data, with ten seeds. It takes about 40 minutes on 2 cores and is
+# batch, on eight times the data, with ten seeds. It takes about 35 minutes on 2 cores and is
 # not run when the book is built: its results are committed, and the last section shows them
 # beside the default run. `full` is the medium model and training with sixteen seeds, for a
 # many-core machine. Larger sizes run one worker process per core. Everything runs on the CPU:
