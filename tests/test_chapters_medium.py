@@ -61,3 +61,18 @@ def test_smoke_run_writes_what_chapters_8_and_9_load_and_continues_after_a_stop(
     assert judge_claims(records)  # the chapter's table can be made from them
     written = json.loads((out / "09_small_gpt" / "settings.json").read_text())
     assert written["command"] == "benchmarks/chapters_medium.py --chapter 9 --smoke"
+
+
+def test_git_keeps_the_results_files_the_chapters_load():
+    """A results folder is committed whole: no ignore rule may hide its runs (a rule 'runs/'
+    once hid every run of chapter 9's results)."""
+    paths = [
+        "results/2026-01-01-cpu-medium/08_toy_models.json",
+        "results/2026-01-01-cpu-medium/09_small_gpt/settings.json",
+        "results/2026-01-01-cpu-medium/09_small_gpt/runs/hc-seed0.json",
+        "results/2026-01-01-nvidia-h100/10_moe_llm_with_lightning/hc/seed0/metrics.csv",
+    ]
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.stdout == "", f"ignored by .gitignore: {done.stdout}"
