@@ -62,7 +62,6 @@ import csv
 import datetime
 import io
 import json
-import logging
 import multiprocessing
 import os
 import platform
@@ -502,9 +501,7 @@ def moe_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
     finished run's logs are copied to ``out/10_moe_llm_with_lightning/<connection>/seed<s>/``,
     and a run whose estimate does not fit before ``stop_at`` is not started."""
     from hclib.training.cli import main as train_main
-
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from hclib.training.runs import quiet_lightning
     per_run = {
         i.what.split(":")[0].split()[1]: i.seconds / i.runs
         for i in plan(size)
@@ -526,6 +523,7 @@ def moe_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
             start = time.perf_counter()
             messages = io.StringIO()
             with (
+                quiet_lightning(),
                 mock.patch.object(sys, "argv", ["hclib.train"]),
                 warnings.catch_warnings(),
                 contextlib.redirect_stderr(messages),

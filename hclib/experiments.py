@@ -35,15 +35,12 @@ Derived in: notebooks/09_small_gpt.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
-import logging
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,12 +414,6 @@ def saved_activation_bytes(
     return sum(storages.values())
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def gpt_module(config: ExperimentConfig, connection: str, vocab_size: int):
     """The :class:`hclib.training.GPTModule` of run ``connection`` (a key of :data:`VARIANTS`):
     :meth:`ExperimentConfig.model_config`'s GPT with the experiment's optimiser settings.
@@ -502,7 +493,8 @@ def train_gpt(
     import pytorch_lightning as pl  # the train extra
 
     from hclib.training.datamodule import CorpusDataModule
-    from hclib.training.runs import RunRecord, StopAndResume
+    from hclib.training.flops import device_name
+    from hclib.training.runs import RunRecord, StopAndResume, quiet_lightning
 
     if connection not in VARIANTS:
         raise ValueError(f"connection must be one of {tuple(VARIANTS)}, got {connection!r}")
@@ -526,23 +518,20 @@ def train_gpt(
         label=f"{run_label(cfg)} seed {seed}",
         progress=progress,
     )
-    stopper = StopAndResume(
-        checkpoint if checkpoint is not None else Path("unused.ckpt"),
-        every=checkpoint_every if checkpoint is not None else 0,
-        stop_at=stop_at if checkpoint is not None else None,
-        val_every=config.eval_every,
-    )
-    extra: dict[str, Any] = {}
-    if not resume:
+    callbacks = [recorder]
+    if checkpoint is not None:
+        stopper = StopAndResume(checkpoint, checkpoint_every, stop_at, val_every=config.eval_every)
+        callbacks.append(stopper)
+    if not resume:  # a resumed run's record, restored from the checkpoint, has it already
         module.to(device)
         x, y, _ = TrainWindows(corpus.train, config.block_size, config.batch_size, seed).batch(0)
         with _autocast(device):
             bytes_ = saved_activation_bytes(module.model, x.to(device), y.to(device))
-        extra["activation_bytes_per_token"] = bytes_ / x.numel()
+        recorder.record["activation_bytes_per_token"] = bytes_ / x.numel()
         module.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=[device.index or 0] if device.type == "cuda" else 1,
@@ -553,7 +542,7 @@ def train_gpt(
             num_sanity_val_steps=0,
             gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
             gradient_clip_algorithm="norm",
-            callbacks=[recorder, stopper],
+            callbacks=callbacks,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -563,10 +552,8 @@ def train_gpt(
         trainer.fit(module, data, ckpt_path=str(checkpoint) if resume else None)
     record = dict(recorder.record)
     seconds = recorder.seconds  # this call's and, after a resume, the earlier calls'
-    if stopper.stopped:  # the checkpoint holds the record, its time included
+    if checkpoint is not None and stopper.stopped:  # the checkpoint holds the record and time
         return None
-    if "activation_bytes_per_token" not in record:  # a fresh run (a resumed one has it)
-        record.update(extra)
     timed = record.pop("timed_seconds")
     tokens = record.pop("timed_tokens")
     result = {
@@ -583,7 +570,8 @@ def train_gpt(
         "peak_memory_mib": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
-        "device": _device_name(device),
+        "device": device_name(device)
+        or f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "trainer": f"lightning {pl.__version__}",
         "seconds": seconds,
     }
@@ -596,24 +584,6 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning's start-up lines (devices, "max_steps reached") and its advice for small
-    runs (few DataLoader workers, a small validation set) say nothing about an experiment."""
-    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="pytorch_lightning")
-            warnings.filterwarnings("ignore", module="lightning")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -286,6 +286,7 @@ def test_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
     for key in ("train_loss", "grad_norm", "val_loss", "composite_backward", "probe_step"):
         assert resumed[key] == whole[key], key
     assert resumed["val_step"] == whole["val_step"] == [3, 6]
+    assert resumed["activation_bytes_per_token"] == whole["activation_bytes_per_token"] > 0
 
 
 def test_run_experiments_saves_each_run_and_does_not_train_it_again(corpus, tmp_path):

@@ -9,16 +9,22 @@ needs and a plain log does not keep:
   (:func:`hclib.training.probe_connections`) and the time of the training steps, in a dict of
   JSON types that travels inside the run's checkpoint;
 * :class:`StopAndResume`: a checkpoint every ``every`` steps, and at a deadline a last one
-  and a clean stop; ``trainer.fit(..., ckpt_path=that file)`` continues the run step for step.
+  and a clean stop; ``trainer.fit(..., ckpt_path=that file)`` continues the run step for step;
+* :func:`quiet_lightning`: Lightning without its start-up lines and advice, for runs inside
+  a script or a notebook cell.
 
 Used in: notebooks/09_small_gpt (through hclib.experiments), benchmarks/chapters_medium.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ import torch
 
 from hclib.training.callbacks import probe_connections
 
-__all__ = ["PROBE_CURVES", "RunRecord", "StopAndResume"]
+__all__ = ["PROBE_CURVES", "RunRecord", "StopAndResume", "quiet_lightning"]
 
 #: the per-layer probe values :class:`RunRecord` keeps at every probe
 PROBE_CURVES = (
@@ -217,3 +223,30 @@ class StopAndResume(pl.Callback):
         if late:
             self.stopped = True
             trainer.should_stop = True
+
+
+_LIGHTNING_LOGGERS = (
+    "pytorch_lightning",
+    "lightning.pytorch",
+    "lightning_fabric",
+    "lightning.fabric",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within the block, Lightning's start-up lines (devices, "max_steps reached") and its
+    advice for small runs (few DataLoader workers, a small validation set) are not shown:
+    they say nothing about an experiment. Its errors still are."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            for module in ("pytorch_lightning", "lightning", "lightning_fabric"):
+                warnings.filterwarnings("ignore", module=module)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
