@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime
 import io
 import json
 import multiprocessing
@@ -84,6 +83,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from hclib.book import provenance  # noqa: E402
 from hclib.toy import SWEEP_SIZES, SweepSize, sweep_configs  # noqa: E402
 
 TOY_NAME = "08_toy_models.json"
@@ -430,8 +430,7 @@ def gpt_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
 def write_gpt(out: Path, size: str, data_root: Path | None, seconds: float) -> tuple[int, int]:
     """``09_small_gpt/``'s settings, summary and verdicts from the runs that finished
     (complete seeds only); returns (runs kept, runs planned)."""
-    import hclib
-    from hclib.experiments import describe, pick_corpus, write_results
+    from hclib.experiments import corpus_settings, describe, pick_corpus, write_results
 
     config = gpt_config(size)
     folder = out / GPT_NAME
@@ -455,15 +454,10 @@ def write_gpt(out: Path, size: str, data_root: Path | None, seconds: float) -> t
         folder,
         config.replace(seeds=tuple(seeds)),
         kept,
-        corpus=corpus.name,
-        corpus_tokens={"train": len(corpus.train), "val": len(corpus.val)},
-        vocab_size=int(corpus.vocab_size),
+        **corpus_settings(corpus),
+        **provenance(),
         device=kept[0]["device"],
         machine=f"{platform.machine()}, {os.cpu_count()} cores",
-        torch=torch.__version__,
-        hclib=hclib.__version__,
-        commit=_git_commit(),
-        date=datetime.date.today().isoformat(),
         command="benchmarks/chapters_gpu.py" + (" --smoke" if size == "smoke" else ""),
         runs_finished=len(kept),
         runs_planned=planned,
@@ -502,6 +496,7 @@ def moe_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
     and a run whose estimate does not fit before ``stop_at`` is not started."""
     from hclib.training.cli import main as train_main
     from hclib.training.runs import quiet_lightning
+
     per_run = {
         i.what.split(":")[0].split()[1]: i.seconds / i.runs
         for i in plan(size)
@@ -542,8 +537,6 @@ def moe_lane(out: Path, size: str, stop_at: float, data_root: Path | None) -> in
 
 def write_moe(out: Path, size: str, device: str) -> tuple[int, int]:
     """``runs.json`` of chapter 10's results (complete seeds only); (runs kept, planned)."""
-    import hclib
-
     target = out / MOE_NAME
     logs = out / f".{MOE_NAME}-logs"
     timing = logs / "seconds.json"
@@ -571,25 +564,13 @@ def write_moe(out: Path, size: str, device: str) -> tuple[int, int]:
         "seconds": {k: round(v) for k, v in seconds.items() if int(k.rsplit("seed", 1)[1]) in kept},
         "device": device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "hclib": hclib.__version__,
-        "date": datetime.date.today().isoformat(),
+        **provenance(),
     }
     (target / "runs.json").write_text(json.dumps(description, indent=2) + "\n")
     return len(kept) * len(MOE_CONNECTIONS), planned
 
 
 # ------------------------------------------------------------------------------- the command
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
 
 
 def corpus_problem(data_root: Path | None) -> str:
@@ -733,9 +714,7 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
             workers=workers,
             machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), "
             f"{workers} worker processes, beside the GPU runs of chapters 9-10",
-            torch=torch.__version__,
-            hclib=__import__("hclib").__version__,
-            date=datetime.date.today().isoformat(),
+            **provenance(),
         )
     results = [("8", len(kept), len(jobs), toy_seconds, "ok" if len(kept) == len(jobs) else "")]
     # ---- chapters 9 and 10

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -46,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import hclib  # noqa: E402
+from hclib.book import provenance  # noqa: E402
 
 TOY_NAME = "08_toy_models.json"
 GPT_NAME = "09_small_gpt"
@@ -102,9 +101,7 @@ def chapter8(out: Path, size: str) -> int:
         seconds_this_call=round(seconds),
         workers=workers,
         machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {workers} worker processes",
-        torch=torch.__version__,
-        hclib=hclib.__version__,
-        date=datetime.date.today().isoformat(),
+        **provenance(),
         command=f"benchmarks/chapters_medium.py --chapter 8{' --smoke' * (size == 'smoke')}",
     )
     shutil.rmtree(runs_dir)
@@ -131,7 +128,7 @@ def _gpt_job(job: tuple[str, int], size: str, folder: str, stop_at: float | None
         device="cpu",
         progress=True,
     )
-    return name, seed, bool(records)
+    return name, seed, records[0] if records else None  # None: stopped at the deadline
 
 
 def chapter9(out: Path, size: str, stop_at: float | None, data_root: Path | None) -> int:
@@ -140,9 +137,9 @@ def chapter9(out: Path, size: str, stop_at: float | None, data_root: Path | None
     import multiprocessing
 
     from hclib.experiments import (
+        corpus_settings,
         describe,
         experiment_config,
-        load_results,
         pick_corpus,
         write_results,
     )
@@ -160,30 +157,25 @@ def chapter9(out: Path, size: str, stop_at: float | None, data_root: Path | None
     )
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # fresh processes: no state of this one
-    finished = []
+    records = []  # in the order of jobs; None for a run stopped at the deadline
     with ctx.Pool(workers, maxtasksperchild=1) as pool:
         args = [(job, size, str(folder), stop_at, data_root) for job in jobs]
-        for name, seed, done in pool.starmap(_gpt_job, args, chunksize=1):
-            finished.append(done)
-            if not done:
+        for name, seed, record in pool.starmap(_gpt_job, args, chunksize=1):
+            records.append(record)
+            if record is None:
                 print(f"chapter 9: {name} seed {seed} stopped at the deadline", flush=True)
     seconds = time.perf_counter() - start
-    if not all(finished):
+    if None in records:
         print(f"stopped after {seconds:.0f} s; run the same command to continue", flush=True)
         return INCOMPLETE
-    records = [json.loads((folder / "runs" / f"{n}-seed{s}.json").read_text()) for n, s in jobs]
     write_results(
         folder,
         config,
         records,
-        corpus=corpus.name,
-        corpus_tokens={"train": len(corpus.train), "val": len(corpus.val)},
-        vocab_size=int(corpus.vocab_size),
+        **corpus_settings(corpus),
+        **provenance(),
         device=records[0]["device"],
         machine=f"{platform.machine()}, {os.cpu_count()} cores, {workers} runs at a time",
-        torch=torch.__version__,
-        hclib=hclib.__version__,
-        date=datetime.date.today().isoformat(),
         command=f"benchmarks/chapters_medium.py --chapter 9{' --smoke' * (size == 'smoke')}",
         # the runs' own times (a resumed run's include its earlier calls) over the processes
         seconds=round(sum(r["seconds"] for r in records) / workers),
@@ -191,7 +183,6 @@ def chapter9(out: Path, size: str, stop_at: float | None, data_root: Path | None
         setting=describe(config, corpus.name),
     )
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    load_results(folder)  # reads back
     print(f"wrote {folder} ({len(records)} runs, {seconds:.0f} s in this call)", flush=True)
     return 0
 

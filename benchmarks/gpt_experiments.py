@@ -39,10 +39,8 @@ Derived in: notebooks/09_small_gpt.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,9 +49,10 @@ from pathlib import Path
 
 import torch
 
-import hclib
+from hclib.book import provenance
 from hclib.experiments import (
     VARIANTS,
+    corpus_settings,
     describe,
     experiment_config,
     judge_claims,
@@ -100,20 +99,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     return p.parse_args(argv)
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parents[1],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,15 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out,
         config,
         records,
-        corpus=corpus.name,
-        corpus_tokens={"train": len(corpus.train), "val": len(corpus.val)},
-        vocab_size=int(corpus.vocab_size),
+        **corpus_settings(corpus),
+        **provenance(),
         device=device_name,
         machine=f"{platform.machine()}, {os.cpu_count()} cores",
-        torch=torch.__version__,
-        hclib=hclib.__version__,
-        commit=_git_commit(),
-        date=datetime.date.today().isoformat(),
         command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         runs_finished=len(records),
         runs_planned=planned,

@@ -12,7 +12,8 @@ Every experiment that takes more than a few seconds reads one environment variab
   (``HCLIB_BOOK_SIZE=full bash dev.sh book``).
 
 GPU runs (benchmarks, full-size chapters) are committed under one folder per day and device,
-``results/<date>-<device>/``: :func:`results_dir` names it.
+``results/<date>-<device>/``: :func:`results_dir` names it, and :func:`provenance` gives what
+every such file records about the software that made it.
 
 The repository's address is set once, in book/_config.yml (``repository.url``);
 ``python -m hclib.book sync-links`` (:func:`sync_repository_links`) writes it into every
@@ -24,15 +25,17 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "SIZE_VARIABLE",
     "book_size",
     "device_slug",
     "on_colab",
+    "provenance",
     "results_dir",
     "scaled",
     "sync_repository_links",
@@ -77,6 +80,33 @@ def results_dir(device_name: str, root: Path | str = "results", date: str | None
     (``date`` in ISO format, default today)."""
     date = date or datetime.date.today().isoformat()
     return Path(root) / f"{date}-{device_slug(device_name)}"
+
+
+def provenance() -> dict[str, Any]:
+    """What a committed results file records about its making: ``torch`` and ``hclib``
+    versions, the ``date`` (ISO) and the git ``commit`` of the checkout hclib is imported
+    from (None outside a git checkout)."""
+    import torch
+
+    import hclib
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        commit = done.stdout.strip() if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "torch": torch.__version__,
+        "hclib": hclib.__version__,
+        "date": datetime.date.today().isoformat(),
+        "commit": commit or None,
+    }
 
 
 _GITHUB = re.compile(r"https://github\.com/[\w.-]+/[\w.-]*[\w-]")  # no final "." of a sentence

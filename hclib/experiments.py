@@ -69,6 +69,7 @@ __all__ = [
     "ExperimentConfig",
     "VARIANTS",
     "TrainedGPT",
+    "corpus_settings",
     "describe",
     "experiment_config",
     "judge_claims",
@@ -658,6 +659,16 @@ def run_experiments(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(trained.record) + "\n")
     return records, models
+
+
+def corpus_settings(corpus: Any) -> dict[str, Any]:
+    """What a results folder records about its corpus (a :class:`hclib.data.Corpus`): its
+    ``corpus`` name, ``corpus_tokens`` per split and ``vocab_size``."""
+    return {
+        "corpus": corpus.name,
+        "corpus_tokens": {"train": len(corpus.train), "val": len(corpus.val)},
+        "vocab_size": int(corpus.vocab_size),
+    }
 
 
 def results_folder(root: Path | str, device_name: str, name: str, date: str | None = None) -> Path:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import hclib
-from hclib.book import book_size, device_slug, results_dir, scaled
+from hclib.book import book_size, device_slug, provenance, results_dir, scaled
 from hclib.models import DeepMLP
 from hclib.toy import (
     SWEEP_SIZES,
@@ -107,6 +107,16 @@ def test_book_size_knob_defaults_to_small_and_rejects_unknown_sizes(monkeypatch)
     monkeypatch.setenv("HCLIB_BOOK_SIZE", "huge")
     with pytest.raises(ValueError, match="HCLIB_BOOK_SIZE must be one of"):
         book_size()
+
+
+def test_provenance_names_the_versions_the_date_and_the_checkouts_commit():
+    import re
+
+    made = provenance()
+    assert made["torch"] == torch.__version__ and made["hclib"] == hclib.__version__
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", made["date"])
+    in_git = (Path(hclib.__file__).resolve().parents[1] / ".git").exists()
+    assert (re.fullmatch(r"[0-9a-f]{40}", made["commit"] or "") is not None) == in_git
 
 
 def test_medium_size_takes_a_chapters_medium_value_else_the_small_one(monkeypatch):
