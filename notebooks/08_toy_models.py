@@ -53,7 +53,6 @@ if "google.colab" in sys.modules:
 
 # %% tags=["remove-input"]
 # ruff: noqa: E402  (the imports follow the Colab install cell)
-import datetime
 import os
 import platform
 import time
@@ -64,8 +63,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-import hclib
-from hclib.book import book_size
+from hclib.book import book_size, provenance
 from hclib.models import DeepMLP
 from hclib.plotting import color, use_book_style
 from hclib.stats import (
@@ -676,9 +674,8 @@ print(f"  reproduces: {strict.count(VERDICTS[0])} of {len(strict)}")
 # %% [markdown]
 # ## Larger sizes
 #
-# The larger sizes run the same sweep with the medium model and training (twice the depth,
-# 1000 steps of twice the batch, eight times the data) and more seeds: ten at the `medium`
-# size, sixteen at the `full` size, six at the GPU size. None of them runs when the book is
+# The larger sizes run the same sweep deeper, longer and with more seeds; the next cell prints
+# each one's settings from `hclib.toy.SWEEP_SIZES`. None of them runs when the book is
 # built. Their results are committed as data under `results/<date>-<device>/08_toy_models.json`,
 # and this section loads the newest file of each size and shows it beside the default run.
 # The medium results come from one command, run in the background on 2 CPU cores; it keeps every
@@ -701,6 +698,14 @@ print(f"  reproduces: {strict.count(VERDICTS[0])} of {len(strict)}")
 # This does not modify the notebook (`--inplace` would, and the committed notebook must stay
 # at the default size for nbval).
 
+# %% tags=["nbval-check-output"]
+for size in ("small", "medium", "full", "gpu"):
+    s = SWEEP_SIZES[size]
+    print(
+        f"{size:<7} d={s.dim}, L={s.depth}, {s.steps} steps of {s.batch_size}, "
+        f"{s.n_train:,} examples, {len(s.seeds)} seeds, {s.runs} runs"
+    )
+
 # %%
 RESULTS_NAME = "08_toy_models.json"
 if os.environ.get("HCLIB_RESULTS_DIR"):  # opt-in: save this run's sweep
@@ -719,9 +724,7 @@ if os.environ.get("HCLIB_RESULTS_DIR"):  # opt-in: save this run's sweep
         seconds=round(sweep_seconds),
         workers=WORKERS,
         machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {WORKERS} worker processes",
-        torch=torch.__version__,
-        hclib=hclib.__version__,
-        date=datetime.date.today().isoformat(),
+        **provenance(),
     )
     print("saved", saved)
 
