@@ -3,8 +3,6 @@ chapters load, and stops cleanly at its budget (the flow checked at the smoke si
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,23 +10,10 @@ import yaml
 
 from hclib.experiments import experiment_config, judge_claims, load_results, newest_results
 from hclib.toy import load_toy_sweep
-from scripts import load_script
+from scripts import load_script, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "chapters_gpu.py"
 cg = load_script("chapters_gpu")
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 # --------------------------------------------------------------------------- the gpu size
@@ -57,7 +42,7 @@ def test_gpu_size_decides_more_than_the_default_size_every_connection_three_seed
 
 
 def test_dry_run_prints_the_plan_and_its_assumptions_and_runs_nothing(tmp_path):
-    done = run_script("--dry-run", "--out", str(tmp_path / "never"))
+    done = run_script("chapters_gpu", "--dry-run", "--out", str(tmp_path / "never"))
     assert "| 8: toy sweep: 14 configurations x 6 seeds" in done.stdout
     assert "Estimated: CPU lane" in done.stdout and "20% of 989 TFLOP/s" in done.stdout
     assert not (tmp_path / "never").exists()
@@ -71,7 +56,7 @@ def smoke(tmp_path_factory):
     """One smoke run into results/<date>-cpu/ of a temporary root."""
     root = tmp_path_factory.mktemp("results")
     out = root / "2026-12-05-cpu"
-    done = run_script("--smoke", "--out", str(out))
+    done = run_script("chapters_gpu", "--smoke", "--out", str(out))
     return root, out, done
 
 
@@ -135,7 +120,7 @@ def test_smoke_run_reports_every_chapter_with_its_estimate_and_time(smoke):
 
 
 def test_a_spent_budget_stops_cleanly_keeping_only_complete_seeds(tmp_path):
-    done = run_script("--smoke", "--out", str(tmp_path), "--budget-s", "8")
+    done = run_script("chapters_gpu", "--smoke", "--out", str(tmp_path), "--budget-s", "8")
     with (tmp_path / "chapters_gpu.csv").open(newline="") as f:
         rows = {r["chapter"]: r for r in csv.DictReader(f)}
     assert any(r["status"].startswith("stopped: budget") for r in rows.values()), done.stdout

@@ -4,26 +4,13 @@ checked at the smoke size)."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from hclib.experiments import experiment_config, judge_claims, load_results
 from hclib.toy import SWEEP_SIZES, load_toy_sweep, sweep_configs
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "chapters_medium.py"
-
-
-def run_script(*args: str, status: int = 0) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 def test_medium_size_decides_more_than_the_default_with_more_seeds_steps_and_tokens():
@@ -36,7 +23,7 @@ def test_medium_size_decides_more_than_the_default_with_more_seeds_steps_and_tok
 
 
 def test_dry_run_prints_both_chapters_settings_and_writes_nothing(tmp_path):
-    done = run_script("--dry-run", "--out", str(tmp_path / "never"))
+    done = run_script("chapters_medium", "--dry-run", "--out", str(tmp_path / "never"))
     assert "chapter 8 (medium): 14 configurations x 10 seeds = 140 runs" in done.stdout
     assert "chapter 9 (medium): GPT d=128" in done.stdout
     assert not (tmp_path / "never").exists()
@@ -44,11 +31,11 @@ def test_dry_run_prints_both_chapters_settings_and_writes_nothing(tmp_path):
 
 def test_smoke_run_writes_what_chapters_8_and_9_load_and_continues_after_a_stop(tmp_path):
     out = tmp_path / "medium"
-    stopped = run_script("--smoke", "--chapter", "9", "--max-minutes", "0", "--out", str(out),
-                         status=3)  # fmt: skip
+    stop_at_once = ["--smoke", "--chapter", "9", "--max-minutes", "0", "--out", str(out)]
+    stopped = run_script("chapters_medium", *stop_at_once, status=3)
     assert "run the same command to continue" in stopped.stdout
     assert not (out / "09_small_gpt" / "settings.json").exists()
-    run_script("--smoke", "--out", str(out))  # both chapters; chapter 9 continues
+    run_script("chapters_medium", "--smoke", "--out", str(out))  # both; chapter 9 continues
     settings, rows = load_toy_sweep(out / "08_toy_models.json")
     assert settings["size"] == "smoke" and len(rows) == len(sweep_configs()) * 3
     assert not (out / ".08_toy_models-runs").exists()  # removed once the sweep is whole
