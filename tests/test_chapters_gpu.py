@@ -3,7 +3,6 @@ chapters load, and stops cleanly at its budget (the flow checked at the smoke si
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +11,6 @@ from hclib.experiments import experiment_config, judge_claims, load_results, new
 from hclib.toy import load_toy_sweep
 from scripts import load_script, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 cg = load_script("chapters_gpu")
 
 
