@@ -11,7 +11,7 @@ usage::
 * chapter 8, on the machine's CPU cores (a 64-wide MLP is launch-bound on a GPU, and the
   library's sweep trains on the CPU): :func:`hclib.toy.run_toy_sweep` over the chapter's 14
   configurations at the depth of its full size (32 blocks), 500 AdamW steps of 256 examples
-  from 65,536, six seeds, in :data:`TOY_WORKERS` processes;
+  from 65,536, six seeds, in ``SWEEP_SIZES["gpu"].workers`` processes;
 * chapter 9, on the GPU: :func:`hclib.experiments.run_experiments` at the preset
   :data:`hclib.experiments.SIZES` ``["gpu"]`` (a GPT of d = 384 and 6 blocks, 300 steps of
   16,384 bytes: 4.9M tokens per run, Pre-Norm, HC, FC, mHC and HC n = 1, three seeds);
@@ -92,14 +92,8 @@ MOE_NAME = "10_moe_llm_with_lightning"
 MOE_RECIPE = ROOT / "configs" / "moe-gpu.yaml"
 MOE_CONNECTIONS = ("residual", "hc", "fc", "mhc")  # chapter 10's, in its order
 CORPUS = "shakespeare-byte"  # chapters 9 and 10 at the gpu size
-#: toy-sweep processes on the GPU machine's 16 cores: the rest feed the GPU
-TOY_WORKERS = SWEEP_SIZES["gpu"].workers
 #: seconds kept back from the budget to write the results
 RESERVE_S = 5.0
-
-
-#: chapter 8's sweep sizes (hclib.toy.SWEEP_SIZES: "gpu" here, "smoke" for --smoke)
-TOY_SIZES = SWEEP_SIZES
 MOE_SEEDS = {"gpu": (0, 1, 2), "smoke": (0, 1)}
 #: command-line overrides of configs/moe-gpu.yaml at the smoke size (CPU, toy widths)
 MOE_SMOKE = [
@@ -119,9 +113,6 @@ MOE_SMOKE = [
     "--data.batch_size", "4",
     "--data.val_batches", "1",
 ]  # fmt: skip
-
-
-toy_configs = sweep_configs  # chapter 8's 14 configurations, in the chapter's order
 
 
 def gpt_config(size: str):
@@ -225,8 +216,8 @@ def plan(size: str, cost: CostModel | None = None) -> list[Item]:
     """The gpu (or smoke) size's runs and their estimated times (nothing runs here)."""
     cost = cost or CostModel()
     items = []
-    toy = TOY_SIZES[size]
-    configs = toy_configs()
+    toy = SWEEP_SIZES[size]
+    configs = sweep_configs()
     runs = len(configs) * len(toy.seeds)
     cpu_seconds = runs * cost.toy_run(toy)
     items.append(
@@ -381,7 +372,7 @@ def _toy_init(size: str) -> None:
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent decides what is kept
-    toy = TOY_SIZES[size]
+    toy = SWEEP_SIZES[size]
     _TOY.update(size=toy, data=make_toy_data(n_train=toy.n_train))
 
 
@@ -391,7 +382,7 @@ def _toy_job(name: str, seed: int) -> dict[str, Any]:
 
     toy = _TOY["size"]
     (row,) = run_toy_sweep(
-        {name: toy_configs()[name]},
+        {name: sweep_configs()[name]},
         _TOY["data"],
         [seed],
         dim=toy.dim,
@@ -621,8 +612,8 @@ def run(args: argparse.Namespace, out: Path, report_dir: Path) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s - RESERVE_S
     items = plan(size)
-    toy = TOY_SIZES[size]
-    configs = toy_configs()
+    toy = SWEEP_SIZES[size]
+    configs = sweep_configs()
     problem = corpus_problem(args.data_root)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

@@ -188,7 +188,7 @@ def chapter9(out: Path, size: str, stop_at: float | None, data_root: Path | None
 
 
 def describe_sizes(size: str) -> str:
-    """The settings of both chapters at ``size``, and the estimate of their time."""
+    """The settings of both chapters at ``size``, one line each."""
     from hclib.experiments import describe, experiment_config
     from hclib.toy import SWEEP_SIZES, sweep_configs
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hclib.experiments import experiment_config, judge_claims, load_results, newest_results
-from hclib.toy import load_toy_sweep
+from hclib.toy import SWEEP_SIZES, load_toy_sweep, sweep_configs
 from scripts import load_script, run_script
 
 cg = load_script("chapters_gpu")
@@ -28,7 +28,7 @@ def test_gpu_size_fits_three_minutes_by_the_scripts_own_cost_model():
 
 
 def test_gpu_size_decides_more_than_the_default_size_every_connection_three_seeds():
-    toy = cg.TOY_SIZES["gpu"]
+    toy = SWEEP_SIZES["gpu"]
     assert len(toy.seeds) > 3 and toy.depth * toy.steps * toy.batch_size > 16 * 120 * 128
     gpt, small = cg.gpt_config("gpu"), experiment_config("small")
     assert len(gpt.seeds) >= 3 and set(gpt.connections) == set(small.connections)
@@ -64,7 +64,7 @@ def test_smoke_run_writes_chapter_8s_sweep_as_its_loader_reads_it(smoke):
     assert settings["size"] == "smoke"
     for key in ("date", "dim", "depth", "steps", "batch_size", "seeds", "machine", "seconds"):
         assert key in settings, key  # what chapter 8's full-size section prints
-    names = list(cg.toy_configs())
+    names = list(sweep_configs())
     assert [(r["name"], r["seed"]) for r in rows] == [
         (name, seed) for seed in settings["seeds"] for name in names
     ]
@@ -126,7 +126,7 @@ def test_a_spent_budget_stops_cleanly_keeping_only_complete_seeds(tmp_path):
     assert "stopped by the budget" in report and "Skipped" in report
     if (tmp_path / cg.TOY_NAME).exists():  # whatever was kept is whole seeds
         settings, kept = load_toy_sweep(tmp_path / cg.TOY_NAME)
-        assert len(kept) == len(settings["seeds"]) * len(cg.toy_configs())
+        assert len(kept) == len(settings["seeds"]) * len(sweep_configs())
     moe = tmp_path / cg.MOE_NAME
     if moe.exists():
         seeds = json.loads((moe / "runs.json").read_text())["seeds"]
