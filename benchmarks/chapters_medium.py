@@ -71,28 +71,18 @@ def chapter8(out: Path, size: str) -> int:
         configs,
         make_toy_data(n_train=toy.n_train),
         toy.seeds,
-        dim=toy.dim,
-        depth=toy.depth,
         workers=workers,
         runs_dir=runs_dir,
         progress=True,
-        steps=toy.steps,
-        batch_size=toy.batch_size,
-        eval_every=toy.steps,
-        lr=toy.lr,
+        **toy.run_kwargs(),
     )
     seconds = time.perf_counter() - start
     path = save_toy_sweep(
         out / TOY_NAME,
         rows,
         size=size,
-        dim=toy.dim,
-        depth=toy.depth,
-        steps=toy.steps,
-        batch_size=toy.batch_size,
-        n_train=toy.n_train,
+        **toy.settings(),
         seeds=list(toy.seeds),
-        lr=toy.lr,
         configs=configs,
         # the runs' own times add up to the CPU time; the wall time of this call may cover
         # only the runs that were left after an interruption

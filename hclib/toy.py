@@ -248,6 +248,29 @@ class SweepSize:
         """Runs in the sweep: every configuration of :func:`sweep_configs` once per seed."""
         return len(sweep_configs()) * len(self.seeds)
 
+    def run_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`run_toy_sweep` at this size (the model and its
+        training, evaluated once at the end)."""
+        return dict(
+            dim=self.dim,
+            depth=self.depth,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            eval_every=self.steps,
+            lr=self.lr,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What a saved sweep records of this size (:func:`save_toy_sweep`'s settings)."""
+        return dict(
+            dim=self.dim,
+            depth=self.depth,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            n_train=self.n_train,
+            lr=self.lr,
+        )
+
 
 #: chapter 8's sizes. ``small`` is the book's default (a minute of one core); ``medium`` the
 #: committed CPU size (about 35 minutes of 2 cores: twice as deep, eight times the training

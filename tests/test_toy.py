@@ -128,6 +128,8 @@ def test_medium_size_takes_a_chapters_medium_value_else_the_small_one(monkeypatc
 def test_sweep_sizes_are_checked_and_count_their_runs():
     assert SWEEP_SIZES["small"].runs == 14 * 3 and len(sweep_configs()) == 14
     assert SWEEP_SIZES["medium"].runs == 14 * 10
+    medium = SWEEP_SIZES["medium"]
+    assert medium.run_kwargs()["eval_every"] == medium.steps == medium.settings()["steps"]
     with pytest.raises(ValueError, match="depth must be >= 1"):
         SweepSize(64, 0, 10, 8, 64, (0,), 1)
     with pytest.raises(ValueError, match="at least one seed"):
